@@ -1,0 +1,36 @@
+# Two commands: `make run` (set up, run every notebook for TARGET, render the report) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+TARGET ?= cpu
+PARAMS ?=
+NOTEBOOKS ?=
+# Exactly one of the cpu / cuda extras per environment (onnxruntime vs onnxruntime-gpu).
+EXTRAS ?= $(if $(filter cuda,$(TARGET)),cuda,cpu),dev
+comma := ,
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: setup run report test clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(PY) -m optlib run --target $(TARGET) $(if $(PARAMS),--params $(PARAMS)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)); \
+	status=$$?; \
+	$(PY) -m optlib report --target $(TARGET) $(if $(PARAMS),--params $(PARAMS)) || status=1; \
+	exit $$status
+
+report: setup
+	$(PY) -m optlib report --target $(TARGET) $(if $(PARAMS),--params $(PARAMS))
+
+test: setup
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+clean:
+	rm -rf outputs/*/ .pytest_cache

@@ -1,0 +1,211 @@
+"""Images and labels: the embedded digits data or a user's ImageFolder, and the one
+preprocessing every backend shares.
+
+Raw images are uint8 numpy arrays (H x W for grayscale, H x W x 3 for colour), decoded once at
+load time: file decoding is I/O and is not part of any timed stage. `preprocess` turns a batch of
+raw images into the normalised float32 NCHW tensor the model takes (resize, channel expansion,
+normalisation); that is the "preprocessing" stage the benchmark times.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .params import DataParams, Params
+
+
+class DataError(ValueError):
+    """The image folder is unusable (missing, empty class, no images)."""
+
+
+@dataclass
+class PreprocessSpec:
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    grayscale_to_rgb: bool = True
+
+    @classmethod
+    def from_params(cls, data: DataParams) -> "PreprocessSpec":
+        return cls(data.image_size, list(data.mean), list(data.std), data.grayscale_to_rgb)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.grayscale_to_rgb or len(self.mean) == 3 else 1
+
+
+@dataclass
+class ImageSet:
+    images: list[np.ndarray]
+    labels: np.ndarray
+    paths: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class Dataset:
+    source: str  # "digits" or the ImageFolder root
+    class_names: list[str]
+    test: ImageSet
+    train: ImageSet | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> dict:
+        counts = np.bincount(self.test.labels, minlength=self.num_classes)
+        out = {
+            "source": self.source,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "test_images": len(self.test),
+            "test_per_class": dict(zip(self.class_names, counts.tolist())),
+            "train_images": len(self.train) if self.train is not None else 0,
+            "skipped_files": len(self.skipped),
+        }
+        return out
+
+
+def preprocess(images: list[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
+    """Batch of raw uint8 images -> float32 tensor (N, C, S, S), resized and normalised."""
+    if len(images) == 0:
+        raise ValueError("preprocess: got an empty batch")
+    same_shape = all(im.shape == images[0].shape for im in images)
+    groups = [np.stack(images)] if same_shape else [im[None] for im in images]
+    out = []
+    for g in groups:
+        t = torch.from_numpy(g)
+        t = t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2)
+        t = t.to(torch.float32).div_(255.0)
+        if t.shape[1] == 1 and spec.channels == 3:
+            t = t.expand(-1, 3, -1, -1)
+        elif t.shape[1] == 3 and spec.channels == 1:
+            t = t.mean(dim=1, keepdim=True)
+        if t.shape[-2:] != (spec.image_size, spec.image_size):
+            t = F.interpolate(t, size=(spec.image_size, spec.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        out.append(t)
+    x = torch.cat(out) if len(out) > 1 else out[0]
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+# --- embedded default: scikit-learn digits -------------------------------------------------------
+
+def load_digits_dataset(data: DataParams) -> Dataset:
+    """scikit-learn's 1797 handwritten 8x8 digits, stratified fixed-seed split.
+
+    The raw images stay 8x8; `preprocess` upsamples them to data.image_size.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    raw = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    idx = np.arange(len(raw))
+    tr, te = train_test_split(idx, test_size=data.test_fraction, stratify=d.target,
+                              random_state=data.split_seed)
+    te = np.sort(te)
+    tr = np.sort(tr)
+    if data.max_test_images is not None:
+        te = te[: data.max_test_images]
+    names = [str(c) for c in d.target_names]
+    return Dataset(
+        source="digits",
+        class_names=names,
+        test=ImageSet([raw[i] for i in te], d.target[te].astype(np.int64), [f"digits[{i}]" for i in te]),
+        train=ImageSet([raw[i] for i in tr], d.target[tr].astype(np.int64), [f"digits[{i}]" for i in tr]),
+    )
+
+
+# --- ImageFolder -------------------------------------------------------------------------------
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("L", "1", "I", "I;16", "F", "LA"):
+            im = im.convert("L")
+        else:
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def load_image_folder(root: str | Path, class_names: list[str] | None = None,
+                      max_images: int | None = None) -> tuple[ImageSet, list[str], list[tuple[str, str]]]:
+    """Read root/<class>/<image>: returns (images, class names, skipped (path, reason)).
+
+    Unreadable or non-image files are skipped and reported, never fatal; a missing root, a root
+    without class folders, or a class folder without a single readable image is a DataError.
+    `class_names` fixes the label order (e.g. the test set's, when reading the training side).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DataError(f"{root}: no class sub-folders (expected root/<class>/<image files>)")
+    names = class_names or found
+    missing = [c for c in names if c not in found]
+    if missing:
+        raise DataError(f"{root}: class folder(s) {missing} missing (expected the classes {names})")
+    images, labels, paths, skipped = [], [], [], []
+    for label, cls in enumerate(names):
+        files = sorted(p for p in (root / cls).rglob("*") if p.is_file())
+        n_ok = 0
+        for f in files:
+            try:
+                img = _decode(f)
+            except Exception as e:  # PIL raises many types for corrupt data
+                skipped.append((str(f), f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"))
+                continue
+            images.append(img)
+            labels.append(label)
+            paths.append(str(f))
+            n_ok += 1
+        if n_ok == 0:
+            raise DataError(f"{root / cls}: class folder has no readable images "
+                            "(remove the folder or add images)")
+    if max_images is not None and len(images) > max_images:
+        # Keep every class represented: a fixed-seed stratified subsample.
+        rng = np.random.default_rng(0)
+        keep = np.sort(rng.permutation(len(images))[:max_images])
+        images = [images[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        paths = [paths[i] for i in keep]
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} unreadable file(s), first: {skipped[0][0]} "
+                      f"({skipped[0][1]})", stacklevel=2)
+    return ImageSet(images, np.asarray(labels, dtype=np.int64), paths), list(names), skipped
+
+
+def load_dataset(params: Params) -> Dataset:
+    """The evaluated (test) images and the training side used for calibration / fine-tuning."""
+    data = params.data
+    if data.root is None:
+        return load_digits_dataset(data)
+    test, names, skipped = load_image_folder(data.root, max_images=data.max_test_images)
+    train = None
+    if data.train_root is not None:
+        train, _, skipped_train = load_image_folder(data.train_root, class_names=names)
+        skipped += skipped_train
+    if data.positive_class is not None and data.positive_class not in names:
+        raise DataError(f"data.positive_class: {data.positive_class!r} is not one of the classes "
+                        f"{names} found in {data.root}")
+    return Dataset(source=str(data.root), class_names=names, test=test, train=train, skipped=skipped)
+
+
+def batches(images: list[np.ndarray], batch_size: int):
+    for i in range(0, len(images), batch_size):
+        yield images[i:i + batch_size]

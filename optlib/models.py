@@ -1,0 +1,300 @@
+"""Models: build an architecture by name, load a checkpoint safely, split it into feature
+extractor and head, and train (and cache) the embedded default model."""
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import paths
+from .data import Dataset, PreprocessSpec, preprocess
+from .params import Params, stable_hash
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read safely or does not fit the model."""
+
+
+@dataclass
+class ModelInfo:
+    arch: str
+    num_classes: int
+    source: str  # "trained" | "cache" | checkpoint path
+    parameters: int
+    checkpoint_format: str | None = None  # state_dict | dict-with-state_dict | lightning
+    stripped_prefix: str | None = None
+    extra_keys: list[str] = field(default_factory=list)  # top-level checkpoint entries not loaded
+    dropped_keys: list[str] = field(default_factory=list)  # state_dict entries outside the prefix
+    train_history: list[dict] | None = None
+    train_seconds: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(arch: str, num_classes: int) -> nn.Module:
+    """'torchvision:<name>' (random init, no download) or 'package.module:function'."""
+    if ":" not in arch:
+        raise ValueError(f"model.arch: {arch!r} must be 'torchvision:<name>' or 'package.module:function'")
+    module_name, fn_name = arch.split(":", 1)
+    if module_name == "torchvision":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(fn_name, weights=None, num_classes=num_classes)
+        except ValueError:
+            raise ValueError(f"model.arch: torchvision has no model {fn_name!r} "
+                             f"(e.g. resnet18, resnet50, mobilenet_v3_small)") from None
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"model.arch: cannot import {arch!r} ({e})") from None
+    if "num_classes" in inspect.signature(fn).parameters:
+        return fn(num_classes=num_classes)
+    return fn()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and obj and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, str, list[str]]:
+    """Return (state_dict, format, extra top-level keys) from a checkpoint file.
+
+    Loads with `weights_only=True` unless `trust` is set; a file that needs a full pickle is
+    refused with a message saying how to allow it.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(
+            f"{path}: refused to unpickle (weights_only=True; {first[:160]}). If you trust this file, "
+            "set model.trust_checkpoint: true to load it as a full pickle") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), "pickled-module", []
+    if _is_state_dict(obj):
+        return obj, "state_dict", []
+    if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")):
+        fmt = "lightning" if any("lightning" in k for k in obj) else "dict-with-state_dict"
+        return obj["state_dict"], fmt, sorted(k for k in obj if k != "state_dict")
+    raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a state_dict, a dict with "
+                          "'state_dict', or a Lightning .ckpt")
+
+
+def _candidate_prefixes(keys: list[str]) -> list[str]:
+    cands = {""}
+    for k in keys:
+        parts = k.split(".")
+        for i in range(1, min(len(parts), 4)):
+            cands.add(".".join(parts[:i]) + ".")
+    return sorted(cands, key=len)
+
+
+def strip_prefix(state: dict, model_keys: set[str], prefix: str | None) -> tuple[dict, str, list[str]]:
+    """Strip `prefix` (or the one that matches most model keys) -> (state, prefix, dropped keys)."""
+    if prefix is None:
+        best, best_hits = "", -1
+        for cand in _candidate_prefixes(list(state)):
+            hits = sum(1 for k in state if k.startswith(cand) and k[len(cand):] in model_keys)
+            if hits > best_hits:
+                best, best_hits = cand, hits
+        prefix = best
+    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    dropped = sorted(k for k in state if not k.startswith(prefix))
+    return kept, prefix, dropped
+
+
+def load_checkpoint_into(model: nn.Module, path: str | Path, prefix: str | None = None,
+                         trust: bool = False) -> ModelInfo:
+    state, fmt, extra = read_checkpoint(path, trust)
+    model_state = model.state_dict()
+    state, used_prefix, dropped = strip_prefix(state, set(model_state), prefix)
+    if not state:
+        raise CheckpointError(f"{path}: no weights start with prefix {prefix!r} "
+                              "(fix model.checkpoint_prefix or remove it to detect the prefix)")
+    for k, v in state.items():
+        if k in model_state and model_state[k].shape != v.shape:
+            hint = ""
+            if v.ndim >= 1 and model_state[k].ndim >= 1 and v.shape[1:] == model_state[k].shape[1:]:
+                hint = f"; set model.num_classes: {v.shape[0]}" if v.shape[0] != model_state[k].shape[0] else ""
+            raise CheckpointError(f"{path}: '{k}' has shape {list(v.shape)} in the checkpoint but "
+                                  f"{list(model_state[k].shape)} in the model{hint}")
+    missing = sorted(set(model_state) - set(state))
+    unexpected = sorted(set(state) - set(model_state))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not fit model (missing {len(missing)} keys e.g. {missing[:3]}, unexpected "
+            f"{len(unexpected)} e.g. {unexpected[:3]}; stripped prefix {used_prefix!r}): check "
+            "model.arch and model.checkpoint_prefix")
+    model.load_state_dict(state)
+    return ModelInfo(arch="", num_classes=0, source=str(path), parameters=count_parameters(model),
+                     checkpoint_format=fmt, stripped_prefix=used_prefix or None, extra_keys=extra,
+                     dropped_keys=dropped)
+
+
+# --- feature extractor / head split ----------------------------------------------------------
+
+HEAD_ATTRS = ("fc", "classifier", "head", "heads")
+
+
+def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(feature_extractor, head) sharing the model's weights, or None if no known head attribute.
+
+    The feature extractor is a shallow copy of the model whose head is nn.Identity, so
+    `head(features(x)) == model(x)` for torchvision classifiers (checked by the caller).
+    """
+    for attr in HEAD_ATTRS:
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Module):
+            features = copy.copy(model)
+            features._modules = dict(model._modules)
+            features._modules[attr] = nn.Identity()
+            return features, head
+    return None
+
+
+# --- the embedded default model --------------------------------------------------------------
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def train_classifier(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, epochs: int,
+                     batch_size: int, lr: float, seed: int, progress: bool = True) -> list[dict]:
+    """Plain SGD + one-cycle training on dataset.train; returns per-epoch loss / train accuracy."""
+    from tqdm.auto import tqdm
+
+    _seed_everything(seed)
+    x = preprocess(dataset.train.images, spec)
+    y = torch.from_numpy(dataset.train.labels)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    steps = max(1, epochs * ((len(x) + batch_size - 1) // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    model.train()
+    for epoch in tqdm(range(epochs), desc="train", disable=not progress):
+        perm = torch.randperm(len(x), generator=g)
+        total, correct, loss_sum = 0, 0, 0.0
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            xb, yb = x[idx], y[idx]
+            # Light augmentation: random shifts of up to 1/8 of the image.
+            shift = spec.image_size // 8
+            dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            out = model(xb)
+            loss = nn.functional.cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            total += len(idx)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(total, 1),
+                        "train_accuracy": correct / max(total, 1)})
+    model.eval()
+    return history
+
+
+def default_model_key(params: Params, num_classes: int) -> str:
+    d = params.data
+    recipe = {"arch": params.model.arch, "num_classes": num_classes, "train": asdict(params.train),
+              "data": {k: getattr(d, k) for k in ("image_size", "grayscale_to_rgb", "mean", "std",
+                                                   "test_fraction", "split_seed")},
+              "torch": torch.__version__.split("+")[0]}
+    return stable_hash(recipe)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple[nn.Module, ModelInfo]:
+    """The model every notebook measures, in eval mode on the CPU.
+
+    With model.checkpoint: build model.arch and load the checkpoint. Without: the embedded default,
+    trained on dataset.train once and cached under outputs/<target>/models/ keyed by the
+    parameters that produced it.
+    """
+    num_classes = params.model.num_classes or dataset.num_classes
+    if num_classes != dataset.num_classes:
+        raise CheckpointError(f"model.num_classes is {num_classes} but {dataset.source} has "
+                              f"{dataset.num_classes} classes {dataset.class_names}")
+    model = build_model(params.model.arch, num_classes)
+    if params.model.checkpoint is not None:
+        info = load_checkpoint_into(model, params.model.checkpoint, params.model.checkpoint_prefix,
+                                    params.model.trust_checkpoint)
+    else:
+        key = default_model_key(params, num_classes)
+        name = f"{params.model.arch.split(':')[-1]}-{key}"
+        ckpt = paths.models_dir(params.target) / f"{name}.pt"
+        meta_path = ckpt.with_suffix(".json")
+        if ckpt.is_file() and meta_path.is_file():
+            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+            meta = json.loads(meta_path.read_text())
+            info = ModelInfo(arch="", num_classes=0, source="cache", parameters=0,
+                             train_history=meta.get("train_history"),
+                             train_seconds=meta.get("train_seconds"))
+        else:
+            if dataset.train is None:
+                raise CheckpointError("no model.checkpoint and no training images: set model.checkpoint "
+                                      "or data.train_root")
+            t0 = time.perf_counter()
+            torch.set_num_threads(params.bench.threads)
+            history = train_classifier(model, dataset, PreprocessSpec.from_params(params.data),
+                                       params.train.epochs, params.train.batch_size, params.train.lr,
+                                       params.train.seed, progress)
+            seconds = time.perf_counter() - t0
+            _atomic_torch_save(model.state_dict(), ckpt)
+            meta_path.write_text(json.dumps({"train_history": history, "train_seconds": seconds,
+                                             "params": params.to_dict()}, indent=2))
+            info = ModelInfo(arch="", num_classes=0, source="trained", parameters=0,
+                             train_history=history, train_seconds=seconds)
+        info.source = f"{info.source}:{ckpt}"
+    info.arch = params.model.arch
+    info.num_classes = num_classes
+    info.parameters = count_parameters(model)
+    return model.eval(), info
+
+
+def state_dict_size_bytes(model: nn.Module) -> int:
+    """Size of the model as a saved state_dict (what `torch.save(model.state_dict())` writes)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.pt"
+        torch.save(model.state_dict(), p)
+        return p.stat().st_size

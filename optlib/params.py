@@ -1,0 +1,233 @@
+"""Run parameters: one typed tree, validated once, shared by the CLI and every notebook.
+
+A params file (YAML) or a notebook's parameters cell holds the top-level keys below; every
+section is optional and falls back to the defaults written here. `load_params(path)` and
+`from_dict(d, source)` raise `ParamsError` with a one-line message naming the key, the file
+and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ParamsError(ValueError):
+    """A parameter is unknown, of the wrong type, out of range, or names a missing path."""
+
+
+@dataclass
+class ModelParams:
+    # torchvision model name ("torchvision:resnet50") or "package.module:function" -> nn.Module
+    arch: str = "torchvision:resnet18"
+    num_classes: int | None = None  # defaults to the number of classes in the data
+    checkpoint: str | None = None  # None: train the embedded default model
+    checkpoint_prefix: str | None = None  # stripped from state_dict keys; detected when None
+    trust_checkpoint: bool = False  # allow a full pickle (runs arbitrary code from the file)
+
+
+@dataclass
+class DataParams:
+    root: str | None = None  # ImageFolder of evaluated images; None: embedded digits
+    train_root: str | None = None  # ImageFolder for calibration / fine-tuning / QAT
+    image_size: int = 64
+    grayscale_to_rgb: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    positive_class: str | None = None  # binary metrics are computed for this class
+    test_fraction: float = 0.3  # embedded digits only: 0.3 of 1797 leaves 540 test images
+    split_seed: int = 0
+    max_test_images: int | None = None  # cap on evaluated images (CI / quick looks)
+
+
+@dataclass
+class TrainParams:
+    # Training of the embedded default model (ignored when model.checkpoint is set).
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class BenchParams:
+    warmup: int = 10  # untimed calls before each timed block
+    samples: int = 1000  # timed calls per trial
+    trials: int = 5  # repeated blocks; the headline is the median of trial medians
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    threads: int = 2
+    settle_s: float = 0.5  # pause after switching runtime before a timed block
+    eval_batch_size: int = 64
+
+
+@dataclass
+class Params:
+    target: str = "notebook"  # outputs go to outputs/<target>/
+    device: str = "cpu"  # cpu | cuda
+    model: ModelParams = field(default_factory=ModelParams)
+    data: DataParams = field(default_factory=DataParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    bench: BenchParams = field(default_factory=BenchParams)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Stable short hash of every parameter (recorded in each result)."""
+        return stable_hash(self.to_dict())
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.data.root is None
+
+
+SECTIONS = {"model": ModelParams, "data": DataParams, "train": TrainParams, "bench": BenchParams}
+# Keys a papermill parameters cell may carry that are not parameters of the run.
+NOTEBOOK_ONLY_KEYS = {"params_file"}
+
+
+def stable_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _check_type(value, tp, key: str, source: str):
+    """Return `value` coerced to `tp` or raise ParamsError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], key, source)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{source}: '{key}' must be a list of {item_tp.__name__}, got {value!r}")
+        return [_check_type(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{source}: '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported parameter type {tp} for {key}")
+
+
+def _build(cls, values: dict, prefix: str, source: str):
+    if not isinstance(values, dict):
+        raise ParamsError(f"{source}: '{prefix.rstrip('.')}' must be a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ParamsError(
+                f"{source}: unknown key '{prefix}{key}' (known keys: {', '.join(sorted(known))})")
+        tp = hints[key]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _check_type(value, tp, f"{prefix}{key}", source)
+    return cls(**kwargs)
+
+
+def _validate(p: Params, source: str) -> Params:
+    def fail(key, msg):
+        raise ParamsError(f"{source}: '{key}' {msg}")
+
+    if p.device not in ("cpu", "cuda"):
+        fail("device", f"must be 'cpu' or 'cuda', got {p.device!r}")
+    if not p.target or any(c in p.target for c in "/\\ ") or p.target.startswith("."):
+        fail("target", f"must be a plain folder name (no '/', spaces or leading '.'), got {p.target!r}")
+    for key in ("checkpoint",):
+        path = getattr(p.model, key)
+        if path is not None and not Path(path).is_file():
+            fail(f"model.{key}", f"names a file that does not exist: {path} (fix the path, or remove "
+                 "the key to train the embedded default model)")
+    for key in ("root", "train_root"):
+        path = getattr(p.data, key)
+        if path is not None and not Path(path).is_dir():
+            fail(f"data.{key}", f"names a folder that does not exist: {path} (an ImageFolder: one "
+                 "sub-folder per class)")
+    if p.data.train_root is not None and p.data.root is None:
+        fail("data.train_root", "needs data.root too (the evaluated images)")
+    if len(p.data.mean) not in (1, 3) or len(p.data.std) != len(p.data.mean):
+        fail("data.mean", "and data.std must both have 1 or 3 values")
+    if any(s <= 0 for s in p.data.std):
+        fail("data.std", "must be positive")
+    if p.data.image_size < 8:
+        fail("data.image_size", f"must be at least 8, got {p.data.image_size}")
+    if not 0 < p.data.test_fraction < 1:
+        fail("data.test_fraction", "must be between 0 and 1")
+    if p.model.num_classes is not None and p.model.num_classes < 2:
+        fail("model.num_classes", "must be at least 2")
+    for key in ("samples", "trials", "threads", "eval_batch_size"):
+        if getattr(p.bench, key) < 1:
+            fail(f"bench.{key}", "must be at least 1")
+    if p.bench.warmup < 0:
+        fail("bench.warmup", "must be >= 0")
+    if not p.bench.batch_sizes or any(b < 1 for b in p.bench.batch_sizes):
+        fail("bench.batch_sizes", "must be a non-empty list of positive integers")
+    if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
+        fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
+    return p
+
+
+def from_dict(values: dict | None, source: str = "<parameters>") -> Params:
+    """Build validated Params from a plain dict (a YAML file's content or notebook variables)."""
+    values = dict(values or {})
+    for key in NOTEBOOK_ONLY_KEYS:
+        values.pop(key, None)
+    return _validate(_build(Params, values, "", source), source)
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a YAML params file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (see params/ for examples)")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ParamsError(f"{path}: must be a mapping of keys at the top level")
+    return from_dict(values, str(path))
+
+
+def notebook_params(params_file: str | None = None, **overrides) -> Params:
+    """What a notebook's parameters cell builds: papermill-injected sections, or a params file.
+
+    `params_file` (if given) is read first; the sections passed as keywords override it key by key.
+    """
+    base: dict = {}
+    source = "<notebook parameters>"
+    if params_file:
+        p = load_params(params_file)
+        base = p.to_dict()
+        source = str(params_file)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return from_dict(base, source)

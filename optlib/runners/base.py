@@ -1,0 +1,58 @@
+"""The interface every backend implements, so one benchmark and one evaluation serve them all.
+
+Stages (timed separately by optlib.bench):
+  preprocess(images)     raw uint8 images -> the backend's input batch (resize, normalise)
+  extract_features(x)    input batch -> pooled features (everything before the head)
+  classify(features)     features -> logits as a numpy array
+  predict(images)        the whole single graph, images -> numpy logits: the headline "total"
+A runner whose model cannot be split sets `stage_split = False`: extract_features then runs the
+whole model and classify only converts the output.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data import PreprocessSpec, batches, preprocess
+
+
+class Runner:
+    name: str = "runner"
+    backend: str = "unknown"  # pytorch | onnxruntime | tensorrt ...
+    precision: str = "fp32"
+    technique: str = "baseline"
+    device: str = "cpu"
+    threads: int = 1
+    stage_split: bool = True
+
+    def __init__(self, spec: PreprocessSpec):
+        self.spec = spec
+
+    def preprocess(self, images):
+        return preprocess(images, self.spec)
+
+    def extract_features(self, x):
+        raise NotImplementedError
+
+    def classify(self, features) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, images) -> np.ndarray:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA); a no-op on the CPU."""
+
+    def activate(self) -> None:
+        """Re-apply this runner's thread settings before a timed block."""
+        torch.set_num_threads(self.threads)
+
+    def settings(self) -> dict:
+        """What produced the numbers, recorded with them (runtime options, spinning, providers)."""
+        return {}
+
+
+def evaluate(runner: Runner, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """Logits for every image, in order, through the runner's full graph."""
+    runner.activate()
+    return np.concatenate([runner.predict(b) for b in batches(images, batch_size)])

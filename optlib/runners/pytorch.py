@@ -1,0 +1,57 @@
+"""PyTorch eager runner (the baseline), optionally in channels_last memory format."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import PreprocessSpec
+from ..models import split_model
+from .base import Runner
+
+
+class TorchRunner(Runner):
+    backend = "pytorch"
+
+    def __init__(self, model: nn.Module, spec: PreprocessSpec, name: str = "pytorch-fp32",
+                 device: str = "cpu", threads: int = 2, channels_last: bool = False,
+                 technique: str = "baseline", precision: str = "fp32"):
+        super().__init__(spec)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was asked for but torch.cuda.is_available() is False")
+        self.name, self.device, self.threads = name, device, threads
+        self.technique, self.precision = technique, precision
+        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().to(device=device, memory_format=self.memory_format)
+        parts = split_model(self.model)
+        self.stage_split = parts is not None
+        self.features, self.head = parts if parts else (self.model, nn.Identity())
+        torch.set_num_threads(threads)
+
+    def _input(self, images) -> torch.Tensor:
+        x = super().preprocess(images)
+        return x.to(self.device, memory_format=self.memory_format, non_blocking=True)
+
+    def preprocess(self, images):
+        return self._input(images)
+
+    @torch.inference_mode()
+    def extract_features(self, x):
+        return self.features(x)
+
+    @torch.inference_mode()
+    def classify(self, features) -> np.ndarray:
+        return self.head(features).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict(self, images) -> np.ndarray:
+        return self.model(self._input(images)).float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def settings(self) -> dict:
+        return {"memory_format": "channels_last" if self.channels_last else "contiguous",
+                "torch_threads": torch.get_num_threads(), "grad": "inference_mode"}
