@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,11 @@ def _is_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else type(e).__name__
+
+
 def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, str, list[str]]:
     """Return (state_dict, format, extra top-level keys) from a checkpoint file.
 
@@ -86,13 +92,15 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, str, l
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(
-            f"{path}: refused to unpickle (weights_only=True; {first[:160]}). If you trust this file, "
-            "set model.trust_checkpoint: true to load it as a full pickle") from None
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if not trust and m:
+            raise CheckpointError(
+                f"{path}: refused to unpickle {m.group(1)} (loaded with weights_only=True). If you trust "
+                "this file, set model.trust_checkpoint: true to load it as a full pickle") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{_first_line(e)})") from None
     if isinstance(obj, nn.Module):
         return obj.state_dict(), "pickled-module", []
     if _is_state_dict(obj):

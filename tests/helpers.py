@@ -1,0 +1,34 @@
+"""Small builders shared by the tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+
+def tiny_resnet(num_classes: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=num_classes).eval()
+
+
+def write_image_folder(root: Path, classes=("NORMAL", "PNEUMONIA"), per_class: int = 6, size=(40, 48),
+                       corrupt: bool = True, seed: int = 0) -> Path:
+    """A binary grayscale/RGB ImageFolder with one corrupt image and one non-image file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes):
+        d = root / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, size=size, dtype=np.uint8)
+            arr[: size[0] // 2] //= (ci + 1)  # classes differ a little
+            mode_rgb = i % 3 == 0
+            img = Image.fromarray(np.stack([arr] * 3, -1) if mode_rgb else arr)
+            img.save(d / f"img{i}.{'jpg' if i % 2 else 'png'}")
+    if corrupt:
+        (root / classes[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+        (root / classes[1] / "notes.txt").write_text("not an image")
+    return root

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from optlib.data import DataError, PreprocessSpec, load_dataset, load_image_folder, preprocess
+from optlib.params import from_dict
+from tests.helpers import write_image_folder
+
+
+def test_digits_split_is_stratified_fixed_and_large_enough():
+    p = from_dict({})
+    a, b = load_dataset(p), load_dataset(p)
+    assert len(a.test) >= 500 and a.num_classes == 10
+    assert [x.tobytes() for x in a.test.images[:20]] == [x.tobytes() for x in b.test.images[:20]]
+    counts = np.bincount(a.test.labels)
+    assert counts.max() - counts.min() <= 3  # stratified
+    assert not set(a.test.paths) & set(a.train.paths)  # calibration / training never sees test images
+
+
+def test_image_folder_skips_and_reports_bad_files(tmp_path):
+    root = write_image_folder(tmp_path / "test")
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        images, names, skipped = load_image_folder(root)
+    assert names == ["NORMAL", "PNEUMONIA"]
+    assert len(images) == 12 and sorted(np.bincount(images.labels).tolist()) == [6, 6]
+    bad = sorted(p for p, _ in skipped)
+    assert bad == [str(root / "NORMAL" / "broken.png"), str(root / "PNEUMONIA" / "notes.txt")]
+    assert all(im.dtype == np.uint8 and im.ndim in (2, 3) for im in images.images)
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    root = write_image_folder(tmp_path / "test", corrupt=False)
+    (root / "EMPTY").mkdir()
+    with pytest.raises(DataError, match="EMPTY: class folder has no readable images"):
+        load_image_folder(root)
+    with pytest.raises(DataError, match="no class sub-folders"):
+        (tmp_path / "flat").mkdir()
+        load_image_folder(tmp_path / "flat")
+
+
+def test_positive_class_must_exist(tmp_path):
+    root = write_image_folder(tmp_path / "test", corrupt=False)
+    with pytest.raises(DataError, match="positive_class"):
+        load_dataset(from_dict({"data": {"root": str(root), "positive_class": "COVID"}}))
+
+
+def test_preprocess_matches_reference_formula():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
+    rgb = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    spec = PreprocessSpec(16, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], grayscale_to_rgb=True)
+    x = preprocess([gray, rgb], spec)
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32
+    mean = np.array(spec.mean)[:, None, None]
+    std = np.array(spec.std)[:, None, None]
+    expected_gray = (np.broadcast_to(gray / 255.0, (3, 16, 16)) - mean) / std  # no resize needed
+    np.testing.assert_allclose(x[0].numpy(), expected_gray, atol=1e-5)
+    t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    ref = F.interpolate(t, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)[0].numpy()
+    np.testing.assert_allclose(x[1].numpy(), (ref - mean) / std, atol=1e-5)

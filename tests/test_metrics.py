@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from optlib.metrics import classification_metrics, fidelity, softmax
+
+
+def test_multiclass_matches_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=300)
+    logits = rng.normal(size=(300, 4))
+    logits[np.arange(300), labels] += 1.0  # better than chance, not perfect
+    names = ["a", "b", "c", "d"]
+    m = classification_metrics(logits, labels, names)
+    pred = logits.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(labels, pred, average="macro"))
+    assert m["macro_precision"] == pytest.approx(skm.precision_score(labels, pred, average="macro"))
+    assert m["macro_recall"] == pytest.approx(skm.recall_score(labels, pred, average="macro"))
+    assert m["confusion_matrix"] == skm.confusion_matrix(labels, pred).tolist()
+    assert m["per_class"]["c"]["recall"] == pytest.approx(skm.recall_score(labels, pred, average=None)[2])
+    lo, hi = m["accuracy_ci95"]
+    assert lo < m["accuracy"] < hi
+    assert "binary" not in m
+
+
+def test_binary_known_case():
+    # labels: 4 negatives (class 0 "NORMAL"), 4 positives (class 1 "PNEUMONIA")
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    pred = np.array([0, 0, 0, 1, 1, 1, 0, 1])  # 1 FP, 1 FN
+    score = np.array([-2, -1, -0.5, 0.3, 2, 1, -0.1, 0.8])
+    logits = np.stack([np.zeros(8), score], 1)
+    assert (logits.argmax(1) == pred).all()
+    m = classification_metrics(logits, labels, ["NORMAL", "PNEUMONIA"], positive_class="PNEUMONIA")
+    b = m["binary"]
+    assert (b["tn"], b["fp"], b["fn"], b["tp"]) == (3, 1, 1, 3)
+    assert b["sensitivity"] == 0.75 and b["specificity"] == 0.75
+    assert b["auroc"] == pytest.approx(skm.roc_auc_score(labels, softmax(logits)[:, 1]))
+    # the other class as positive: counts swap, AUROC (both label and score flipped) is unchanged
+    m0 = classification_metrics(logits, labels, ["NORMAL", "PNEUMONIA"], positive_class="NORMAL")
+    assert m0["binary"]["tp"] == 3 and m0["binary"]["auroc"] == pytest.approx(b["auroc"])
+
+
+def test_fidelity_counts_flips_and_paired_delta():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, size=200)
+    ref = rng.normal(size=(200, 3))
+    cand = ref.copy()
+    # flip 10 predictions to the true class (if not already) and 5 away from it
+    ref_pred = ref.argmax(1)
+    wrong = np.flatnonzero(ref_pred != labels)[:10]
+    cand[wrong, labels[wrong]] += 10
+    right = np.flatnonzero(ref_pred == labels)[:5]
+    cand[right, (labels[right] + 1) % 3] += 10
+    f = fidelity(cand, ref, labels, "ref")
+    assert f["flips"] == 15 and f["flips_now_correct"] == 10 and f["flips_now_wrong"] == 5
+    assert f["top1_agreement"] == pytest.approx(1 - 15 / 200)
+    assert f["accuracy_delta"] == pytest.approx(5 / 200)
+    lo, hi = f["accuracy_delta_ci95"]
+    assert lo <= 5 / 200 <= hi
+    assert f["max_abs_diff"] == pytest.approx(10)
+    same = fidelity(ref, ref, labels, "ref")
+    assert same["flips"] == 0 and same["accuracy_delta_ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="shape"):
+        fidelity(ref[:10], ref, labels, "ref")

@@ -1,0 +1,108 @@
+"""End to end through papermill: the smoke target, and a user's binary ImageFolder with a
+Lightning checkpoint, exactly as a params file in the README's shape describes them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from optlib import paths
+from tests.helpers import tiny_resnet, write_image_folder
+from tests.test_checkpoints import lightning_ckpt
+
+
+def run_cli(args, out_root, check=True):
+    env = {**os.environ, "OPTLIB_OUTPUT_ROOT": str(out_root)}
+    p = subprocess.run([sys.executable, "-m", "optlib", *args], cwd=paths.REPO_DIR, env=env,
+                       capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"optlib {args} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def read_record(out_root, target, name):
+    return json.loads((out_root / target / "results" / f"{name}.json").read_text())
+
+
+def test_smoke_pipeline_writes_records_and_report(tmp_path):
+    run_cli(["run", "--params", "params/smoke.yaml"], tmp_path)
+    rec = read_record(tmp_path, "smoke", "pytorch-fp32")
+    assert rec["schema"] == "optlib.result/1" and rec["status"] == "ok" and rec["notebook"] == "01_baseline"
+    assert rec["backend"] == "pytorch" and rec["precision"] == "fp32" and rec["fidelity"] is None
+    assert rec["device"]["kind"] == "cpu" and rec["device"]["threads"] == 2 and rec["batch_size"] == 1
+    smoke = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())["bench"]
+    for stage in ("preprocessing", "feature_extraction", "classification", "total"):
+        s = rec["latency_ms"][stage]
+        assert s["count"] == smoke["samples"] * smoke["trials"] and s["ci95"][0] <= s["median"] <= s["ci95"][1]
+        assert "p99" in s["low_confidence"]  # 36 samples cannot support a p99
+    assert set(rec["throughput_per_s"]) == {"1", "8"}
+    assert rec["accuracy"]["n"] == 120 and len(rec["accuracy"]["confusion_matrix"]) == 10
+    assert rec["size_bytes"] > 40e6 and rec["peak_memory_bytes"] > 0
+    assert rec["environment"]["versions"]["torch"].startswith("2.14.1")
+    assert rec["extra"]["stage_split"] and rec["extra"]["stage_split_max_abs_diff"] < 1e-4
+    nf = rec["extra"]["noise_floor"]
+    assert nf["ci95"][0] <= nf["same_vs_same_ratio"] <= nf["ci95"][1]
+    assert nf["twin_fidelity"]["flips"] == 0 and nf["twin_fidelity"]["max_abs_diff"] == 0.0
+    for nb in ("00_data_and_model", "01_baseline", "99_comparison"):
+        assert (tmp_path / "smoke" / "notebooks" / f"{nb}.ipynb").is_file()
+    html = (tmp_path / "smoke" / "report.html").read_text()
+    assert "pytorch-fp32" in html and "data:image/png;base64" in html
+    assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()
+    s = run_cli(["summary", "--target", "smoke", "--format", "csv"], tmp_path).stdout
+    assert s.splitlines()[0].startswith("name,") and "pytorch-fp32" in s
+
+
+@pytest.fixture(scope="module")
+def xray_project(tmp_path_factory):
+    d = tmp_path_factory.mktemp("xray")
+    write_image_folder(d / "chest_xray" / "test", per_class=10)
+    write_image_folder(d / "chest_xray" / "train", per_class=8, corrupt=False, seed=1)
+    ckpt = lightning_ckpt(tiny_resnet(2), d / "pneumonia_model_07_0.928.ckpt")
+    params = {
+        "target": "my-xray-cpu", "device": "cpu",
+        "model": {"arch": "torchvision:resnet18", "num_classes": 2, "checkpoint": str(ckpt),
+                  "checkpoint_prefix": "model."},
+        "data": {"root": str(d / "chest_xray" / "test"), "train_root": str(d / "chest_xray" / "train"),
+                 "image_size": 32, "grayscale_to_rgb": True, "mean": [0.485, 0.456, 0.406],
+                 "std": [0.229, 0.224, 0.225], "positive_class": "PNEUMONIA"},
+        "bench": {"warmup": 1, "samples": 5, "trials": 2, "batch_sizes": [1, 4], "threads": 2, "settle_s": 0.0},
+    }
+    f = d / "my-xray.yaml"
+    f.write_text(yaml.safe_dump(params))
+    return d, f, params
+
+
+def test_user_params_binary_imagefolder_with_lightning_ckpt(xray_project, tmp_path):
+    d, f, params = xray_project
+    run_cli(["run", "--params", str(f), "--notebooks", "00,01"], tmp_path)
+    rec = read_record(tmp_path, "my-xray-cpu", "pytorch-fp32")
+    b = rec["accuracy"]["binary"]
+    assert b["positive_class"] == "PNEUMONIA" and b["tp"] + b["fn"] == 10 and b["tn"] + b["fp"] == 10
+    assert 0.0 <= b["auroc"] <= 1.0
+    assert rec["extra"]["dataset"]["skipped_files"] == 2 and rec["extra"]["dataset"]["test_images"] == 20
+    m = rec["extra"]["model"]
+    assert m["checkpoint_format"] == "lightning" and m["stripped_prefix"] == "model."
+    card = json.loads((tmp_path / "my-xray-cpu" / "model_card.json").read_text())
+    assert card["data"]["train_images"] == 16
+
+    # A failing notebook (untrusted full pickle) fails loudly and leaves earlier records intact.
+    bad = d / "full.pt"
+    torch.save(tiny_resnet(2), bad)
+    broken = dict(params, model={**params["model"], "checkpoint": str(bad)})
+    (d / "broken.yaml").write_text(yaml.safe_dump(broken))
+    p = run_cli(["run", "--params", str(d / "broken.yaml"), "--notebooks", "00,01"], tmp_path, check=False)
+    assert p.returncode == 1
+    assert "trust_checkpoint" in p.stdout + p.stderr and "2 notebook(s) failed" in p.stderr
+    assert read_record(tmp_path, "my-xray-cpu", "pytorch-fp32") == rec
+
+
+def test_cli_bad_params_is_one_clear_line(tmp_path):
+    f = tmp_path / "typo.yaml"
+    f.write_text("target: x\nbench:\n  sampels: 10\n")
+    p = run_cli(["run", "--params", str(f)], tmp_path, check=False)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"error: {f}: unknown key 'bench.sampels' (known keys: "
+                                             "batch_sizes, eval_batch_size, samples, settle_s, threads, trials, warmup)"]

@@ -1,0 +1,50 @@
+"""The repository's own files: environment.yml mirrors pyproject, notebooks are committed clean."""
+import json
+import re
+import tomllib
+
+import pytest
+import yaml
+
+from optlib import paths
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_mirrors_pyproject():
+    py = tomllib.loads((paths.REPO_DIR / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((paths.REPO_DIR / "environment.yml").read_text())
+    deps = env["dependencies"]
+    assert "python=3.11" in deps and "pip" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    assert "-e .[cpu,dev]" in pip
+    env_names = {_name(r) for r in pip if not r.startswith("-e")}
+    wanted = {_name(r) for r in py["dependencies"] + py["optional-dependencies"]["cpu"]
+              + py["optional-dependencies"]["dev"]}
+    assert env_names == wanted
+    # pins agree
+    pins = {_name(r): r for r in py["dependencies"] if "==" in r}
+    for r in pip:
+        if _name(r) in pins:
+            assert r == pins[_name(r)]
+    # the cpu and cuda extras are alternatives, never mixed
+    assert "onnxruntime-gpu" not in env_names
+
+
+NOTEBOOKS = sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_committed_without_outputs_and_with_parameters_cell(nb):
+    cells = json.loads(nb.read_text())["cells"]
+    dirty = [i for i, c in enumerate(cells) if c.get("outputs") or c.get("execution_count")]
+    assert not dirty, f"{nb.name}: cells {dirty} carry outputs; strip them (executed copies go to outputs/)"
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{nb.name}: needs exactly one cell tagged 'parameters' for papermill"
+    assert cells[0]["cell_type"] == "markdown" and "Question" in "".join(cells[0]["source"])
+
+
+def test_ci_calls_make_test():
+    assert "make test" in (paths.REPO_DIR / ".ci" / "run").read_text()
