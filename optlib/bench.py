@@ -67,7 +67,8 @@ def _alternating(runners: list[Runner], trial: int) -> list[Runner]:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    # mininterval keeps executed notebooks readable (tqdm falls back to text without ipywidgets)
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, mininterval=10)
 
 
 def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams, batch_size: int = 1,

@@ -30,7 +30,7 @@ class Measurement:
 
 def stage_split_error(runner: Runner, images: list[np.ndarray]) -> float:
     """max |classify(extract_features(x)) - predict(images)| on one batch (0 when unsplit)."""
-    batch = images[: min(8, len(images))]
+    batch = images[: min(8, len(images))]  # a batch size the benchmark uses anyway (no recompiles)
     split = runner.classify(runner.extract_features(runner.preprocess(batch)))
     return float(np.abs(np.asarray(split, dtype=np.float64) - runner.predict(batch)).max())
 

@@ -173,7 +173,10 @@ def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
     The feature extractor is a shallow copy of the model whose head is nn.Identity, so
     `head(features(x)) == model(x)` for torchvision classifiers (checked by the caller).
+    Compiled and TorchScript modules are not split here: split before compiling.
     """
+    if isinstance(model, torch.jit.ScriptModule) or hasattr(model, "_orig_mod"):
+        return None
     for attr in HEAD_ATTRS:
         head = getattr(model, attr, None)
         if isinstance(head, nn.Module):

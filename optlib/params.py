@@ -70,6 +70,27 @@ class BenchParams:
 
 
 @dataclass
+class OnnxParams:
+    exporter: str = "dynamo"  # dynamo (torch.export-based) | torchscript (legacy, opset <= 17 honoured)
+    opset: int = 18
+    simplify: bool = True  # onnxslim
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    graph_optimization: str = "all"  # disabled | basic | extended | all
+    compare_optimization_levels: bool = True  # also measure disabled / basic / extended
+    allow_spinning: bool = False  # ORT worker spinning (steals cores from PyTorch when on)
+    save_optimized_graph: bool = False
+
+
+@dataclass
+class CompilerParams:
+    torchscript: bool = True
+    torchscript_method: str = "trace"  # trace | script (falls back to trace)
+    compile_modes: list[str] = field(default_factory=lambda: ["default", "freezing"])  # [] to skip
+    measure_cold_start: bool = True  # also time a compile on an empty inductor cache (two extra compiles)
+    channels_last: bool = True
+
+
+@dataclass
 class Params:
     target: str = "notebook"  # outputs go to outputs/<target>/
     device: str = "cpu"  # cpu | cuda
@@ -77,6 +98,8 @@ class Params:
     data: DataParams = field(default_factory=DataParams)
     train: TrainParams = field(default_factory=TrainParams)
     bench: BenchParams = field(default_factory=BenchParams)
+    onnx: OnnxParams = field(default_factory=OnnxParams)
+    compilers: CompilerParams = field(default_factory=CompilerParams)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,7 +113,6 @@ class Params:
         return self.data.root is None
 
 
-SECTIONS = {"model": ModelParams, "data": DataParams, "train": TrainParams, "bench": BenchParams}
 # Keys a papermill parameters cell may carry that are not parameters of the run.
 NOTEBOOK_ONLY_KEYS = {"params_file"}
 
@@ -187,6 +209,15 @@ def _validate(p: Params, source: str) -> Params:
         fail("bench.warmup", "must be >= 0")
     if not p.bench.batch_sizes or any(b < 1 for b in p.bench.batch_sizes):
         fail("bench.batch_sizes", "must be a non-empty list of positive integers")
+    if p.onnx.exporter not in ("dynamo", "torchscript"):
+        fail("onnx.exporter", f"must be 'dynamo' or 'torchscript', got {p.onnx.exporter!r}")
+    if p.onnx.graph_optimization not in ("disabled", "basic", "extended", "all"):
+        fail("onnx.graph_optimization", "must be one of disabled, basic, extended, all")
+    if p.compilers.torchscript_method not in ("trace", "script"):
+        fail("compilers.torchscript_method", "must be 'trace' or 'script'")
+    bad_modes = [m for m in p.compilers.compile_modes if m not in ("default", "freezing", "max-autotune")]
+    if bad_modes:
+        fail("compilers.compile_modes", f"has unknown mode(s) {bad_modes} (default, freezing, max-autotune)")
     if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
         fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
     return p

@@ -48,3 +48,21 @@ def test_notebook_committed_without_outputs_and_with_parameters_cell(nb):
 
 def test_ci_calls_make_test():
     assert "make test" in (paths.REPO_DIR / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_parameters_cell_names_every_params_section(nb):
+    """papermill injects every top-level key of Params; the notebook must define and pass them all."""
+    import dataclasses
+
+    from optlib.params import Params
+
+    cells = json.loads(nb.read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    namespace: dict = {}
+    exec("".join(cell["source"]), namespace)
+    fields = {f.name for f in dataclasses.fields(Params)}
+    assert fields | {"params_file"} <= set(namespace), f"{nb.name}: parameters cell lacks {fields - set(namespace)}"
+    source = "".join("".join(c["source"]) for c in cells)
+    for f in fields:
+        assert f"{f}={f}" in source, f"{nb.name}: never passes `{f}={f}` to optlib"

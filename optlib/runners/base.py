@@ -53,6 +53,16 @@ class Runner:
 
 
 def evaluate(runner: Runner, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Logits for every image, in order, through the runner's full graph."""
+    """Logits for every image, in order, through the runner's full graph.
+
+    The last batch is padded to `batch_size` (repeating its first image) and the padding dropped,
+    so static-shape backends (torch.compile, TensorRT engines) see one batch size only.
+    """
     runner.activate()
-    return np.concatenate([runner.predict(b) for b in batches(images, batch_size)])
+    out = []
+    for b in batches(images, batch_size):
+        n = len(b)
+        if n < batch_size and len(images) >= batch_size:
+            b = list(b) + [b[0]] * (batch_size - n)
+        out.append(runner.predict(b)[:n])
+    return np.concatenate(out)

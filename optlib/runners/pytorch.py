@@ -15,7 +15,10 @@ class TorchRunner(Runner):
 
     def __init__(self, model: nn.Module, spec: PreprocessSpec, name: str = "pytorch-fp32",
                  device: str = "cpu", threads: int = 2, channels_last: bool = False,
-                 technique: str = "baseline", precision: str = "fp32"):
+                 technique: str = "baseline", precision: str = "fp32",
+                 parts: tuple[nn.Module, nn.Module] | None = None, extra_settings: dict | None = None):
+        """`model` is any module (eager, TorchScript, compiled); `parts` = (features, head) overrides
+        the split of `model` (e.g. separately compiled parts)."""
         super().__init__(spec)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device: cuda was asked for but torch.cuda.is_available() is False")
@@ -23,8 +26,12 @@ class TorchRunner(Runner):
         self.technique, self.precision = technique, precision
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.eval().to(device=device, memory_format=self.memory_format)
-        parts = split_model(self.model)
+        model = model.eval()
+        if device != "cpu" or channels_last:
+            model = model.to(device=device, memory_format=self.memory_format)
+        self.model = model
+        self.extra_settings = extra_settings or {}
+        parts = parts if parts is not None else split_model(self.model)
         self.stage_split = parts is not None
         self.features, self.head = parts if parts else (self.model, nn.Identity())
         torch.set_num_threads(threads)
@@ -54,4 +61,4 @@ class TorchRunner(Runner):
 
     def settings(self) -> dict:
         return {"memory_format": "channels_last" if self.channels_last else "contiguous",
-                "torch_threads": torch.get_num_threads(), "grad": "inference_mode"}
+                "torch_threads": torch.get_num_threads(), "grad": "inference_mode", **self.extra_settings}

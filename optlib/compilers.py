@@ -1,0 +1,158 @@
+"""PyTorch compilers: TorchScript (trace or script, freeze, optimize_for_inference, save and
+reload) and torch.compile (default mode, inductor freezing), with their one-time costs timed
+apart from steady-state latency."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import split_model
+
+COMPILE_MODES = ("default", "freezing", "max-autotune")
+
+
+@dataclass
+class TorchScriptResult:
+    module: torch.jit.ScriptModule
+    method: str  # trace | script
+    path: str
+    size_bytes: int
+    seconds: float  # trace/script + freeze + optimize + save + reload
+    script_error: str | None = None  # why scripting failed when it was tried
+
+    def info(self) -> dict:
+        d = asdict(self)
+        d.pop("module")
+        return d
+
+
+def torchscript(model: nn.Module, sample: torch.Tensor, path: str | Path, method: str = "trace",
+                optimize: bool = True) -> TorchScriptResult:
+    """Trace (or script, falling back to trace when scripting fails), freeze, save to `path`,
+    reload, and optimize the reloaded module for inference: the returned module is the reloaded one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    script_error = None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        used = method
+        if method == "script":
+            try:
+                sm = torch.jit.script(model)
+            except Exception as e:
+                script_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+                used = "trace"
+        if used == "trace":
+            sm = torch.jit.trace(model, sample, check_trace=False)
+        sm = torch.jit.freeze(sm.eval())
+        # optimize_for_inference's pre-packed oneDNN ops do not survive torch.jit.save/load in
+        # torch 2.14 ("required keyword attribute 'value' is undefined"): save the frozen module,
+        # reload it, and optimize the reloaded module, as a deployment would at load time.
+        torch.jit.save(sm, str(path))
+        reloaded = torch.jit.load(str(path), map_location=sample.device).eval()
+        if optimize:
+            reloaded = torch.jit.optimize_for_inference(reloaded)
+    return TorchScriptResult(reloaded, used, str(path), path.stat().st_size, time.perf_counter() - t0, script_error)
+
+
+def torchscript_parts(model: nn.Module, sample: torch.Tensor, out_dir: Path, method: str = "trace"):
+    """TorchScript the full model and its (features, head) split; returns (full, features, head)."""
+    full = torchscript(model, sample, out_dir / "model.pt", method)
+    parts = split_model(model)
+    if parts is None:
+        return full, None, None
+    features, head = parts
+    with torch.no_grad():
+        feats = features(sample)
+    f = torchscript(features, sample, out_dir / "features.pt", method)
+    h = torchscript(head, feats, out_dir / "head.pt", method)
+    return full, f, h
+
+
+@dataclass
+class CompiledModel:
+    module: nn.Module
+    mode: str
+    options: dict
+    compile_seconds: dict = field(default_factory=dict)  # {"bs=1 cold": s, "bs=1 warm": s, "bs=8": s}
+
+
+@contextlib.contextmanager
+def _inductor_cache(path: str | None):
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if path is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    try:
+        yield
+    finally:
+        if path is not None:
+            if old is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def compile_options(mode: str) -> tuple[dict, dict]:
+    """(torch.compile kwargs, inductor options) for a named mode."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compilers.compile_modes: unknown mode {mode!r} (choose from {COMPILE_MODES})")
+    if mode == "freezing":
+        # Freezing folds weights into constants and pre-packs them for oneDNN: the fastest FP32
+        # PyTorch path on CPU, valid under no_grad / inference_mode only.
+        return {"backend": "inductor"}, {"freezing": True}
+    if mode == "max-autotune":
+        return {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"}, {}
+    return {"backend": "inductor"}, {}
+
+
+def first_call_seconds(module: nn.Module, x: torch.Tensor) -> float:
+    """Time of the first call (compilation included)."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        module(x)
+    return time.perf_counter() - t0
+
+
+def _raise_recompile_limits(n: int = 64) -> None:
+    """Every batch size is its own static graph, and all compiled variants of a model share one
+    code object's cache: dynamo's default limit (8) would silently fall back to eager."""
+    cfg = torch._dynamo.config
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, key):
+            setattr(cfg, key, max(getattr(cfg, key), n))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * n)
+
+
+def compile_model(model: nn.Module, mode: str, sample: torch.Tensor, measure_cold: bool = True) -> CompiledModel:
+    """torch.compile `model` in `mode` and pay its compile cost on `sample` now.
+
+    With `measure_cold`, the first compile uses a fresh inductor cache (cold), then the cache is
+    kept, dynamo is reset and the model compiled again (warm cache): both times are recorded.
+    """
+    kwargs, options = compile_options(mode)
+    _raise_recompile_limits()
+    seconds = {}
+    bs = sample.shape[0]
+    if measure_cold:
+        with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache, _inductor_cache(cache):
+            torch._dynamo.reset()
+            cold = torch.compile(model, dynamic=False, options=options or None, **kwargs)
+            seconds[f"bs={bs} cold cache"] = first_call_seconds(cold, sample)
+            torch._dynamo.reset()
+            warm = torch.compile(model, dynamic=False, options=options or None, **kwargs)
+            seconds[f"bs={bs} warm cache"] = first_call_seconds(warm, sample)
+        torch._dynamo.reset()
+    compiled = torch.compile(model, dynamic=False, options=options or None, **kwargs)
+    seconds[f"bs={bs}" + (" (after reset)" if measure_cold else "")] = first_call_seconds(compiled, sample)
+    return CompiledModel(compiled, mode, {**kwargs, **options}, seconds)

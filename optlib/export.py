@@ -1,0 +1,195 @@
+"""ONNX export, validation, simplification and graph statistics.
+
+`export_onnx(model, sample, path, config)` writes one graph with input "input" and output
+"output", a dynamic batch axis, constant folding on; the opset actually written is read back
+from the file (torch 2.14's default exporter keeps 18 when asked for less). Weights may live in
+an external `<name>.onnx.data` file: `onnx_size_bytes` and every loader here account for it.
+"""
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+EXPORTERS = ("dynamo", "torchscript")
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+# FP32 ONNX Runtime vs PyTorch on the same inputs: kernels differ (fused conv, different summation
+# order), so outputs differ by float rounding, about 1e-6..1e-5 on logits of magnitude ~10.
+FP32_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported; the message names the operator/module and an alternative."""
+
+
+@dataclass
+class ExportConfig:
+    exporter: str = "dynamo"  # dynamo (torch.export-based, default) | torchscript (legacy)
+    opset: int = 18
+    dynamic_batch: bool = True
+    constant_folding: bool = True
+
+    def __post_init__(self):
+        if self.exporter not in EXPORTERS:
+            raise ValueError(f"onnx.exporter must be one of {EXPORTERS}, got {self.exporter!r}")
+
+
+@dataclass
+class ExportResult:
+    path: str
+    exporter: str
+    opset_requested: int
+    opset_written: int
+    seconds: float
+    size_bytes: int
+    external_data_files: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def external_data_files(path: str | Path) -> list[Path]:
+    """Files holding a model's external tensors (e.g. model.onnx.data), resolved next to it."""
+    path = Path(path)
+    m = onnx.load(str(path), load_external_data=False)
+    locs = set()
+    for t in onnx.external_data_helper._get_all_tensors(m):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for kv in t.external_data:
+                if kv.key == "location":
+                    locs.add(kv.value)
+    return sorted(path.parent / loc for loc in locs)
+
+
+def onnx_size_bytes(path: str | Path) -> int:
+    """Size on disk of an ONNX model including its external data files."""
+    return Path(path).stat().st_size + sum(p.stat().st_size for p in external_data_files(path))
+
+
+def opset_of(model_or_path) -> int:
+    m = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(
+        str(model_or_path), load_external_data=False)
+    return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _explain(e: Exception, exporter: str, model: nn.Module) -> str:
+    """One line: what failed (operator or construct), where, and what to try instead."""
+    msg = _ANSI.sub("", str(e))
+    if "data-dependent" in msg or "GuardOnDataDependent" in msg:
+        what = "data-dependent control flow (a Python branch on a tensor value)"
+    else:
+        what = None
+        for pat in (r"(aten::[\w.]+)", r"(torch\.ops\.[\w.]+)", r"[Uu]nsupported[^:]*: ?'?([\w:.]+)'?"):
+            mm = re.search(pat, msg)
+            if mm:
+                what = f"operator {mm.group(1)}"
+                break
+        what = what or "a construct the exporter does not support"
+    loc = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', msg)
+    where = f" ({loc[-1][0]}:{loc[-1][1]} in {loc[-1][2]})" if loc else ""
+    detail = re.search(r"<class '[\w.]+'>: ([^\n]+)", msg)
+    detail = (detail.group(1) if detail else next((ln for ln in msg.splitlines() if ln.strip()), type(e).__name__))
+    other = "torchscript" if exporter == "dynamo" else "dynamo"
+    if what.startswith("data-dependent"):
+        fix = ("Rewrite the branch with torch.where or torch.cond (the torchscript exporter would silently "
+               "trace only the branch the sample takes)")
+    else:
+        fix = f"Try onnx.exporter: {other} or another onnx.opset, or rewrite that part of the module"
+    return (f"ONNX export of {type(model).__name__} with the {exporter} exporter failed at {what}{where}: "
+            f"{detail.strip()[:200]}. {fix}")
+
+
+def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path,
+                config: ExportConfig | None = None) -> ExportResult:
+    """Export `model` (eval mode, CPU) traced on `sample` to `path`; raise ExportError on failure."""
+    config = config or ExportConfig()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [path, *path.parent.glob(path.name + ".data")]:
+        stale.unlink(missing_ok=True)
+    model = model.eval()
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if config.exporter == "dynamo":
+                dyn = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if config.dynamic_batch else None
+                prog = torch.onnx.export(model, (sample,), dynamo=True, opset_version=config.opset,
+                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                         dynamic_shapes=_dynamic_shapes_for(model, dyn), optimize=True,
+                                         verbose=False)
+                prog.save(str(path), external_data=True)
+            else:
+                torch.onnx.export(model, (sample,), str(path), dynamo=False, opset_version=config.opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+                                  if config.dynamic_batch else None,
+                                  do_constant_folding=config.constant_folding)
+    except Exception as e:
+        raise ExportError(_explain(e, config.exporter, model)) from e
+    seconds = time.perf_counter() - t0
+    return ExportResult(str(path), config.exporter, config.opset, opset_of(path), seconds,
+                        onnx_size_bytes(path), [str(p) for p in external_data_files(path)])
+
+
+def _dynamic_shapes_for(model: nn.Module, dyn: dict | None):
+    """torch.export keys dynamic shapes by the forward's argument name."""
+    if dyn is None:
+        return None
+    import inspect
+
+    params = [p for p in inspect.signature(model.forward).parameters.values() if p.name != "self"]
+    name = params[0].name if params else "x"
+    return {name: dyn["x"]}
+
+
+def validate_onnx(path: str | Path) -> dict:
+    """Full onnx.checker check and shape inference (both by path, so external data is handled)."""
+    path = str(path)
+    onnx.checker.check_model(path, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes_path(path, path + ".inferred.onnx")
+    del inferred
+    p = Path(path + ".inferred.onnx")
+    m = onnx.load(str(p), load_external_data=False)
+    p.unlink(missing_ok=True)
+    outs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in m.graph.output}
+    ins = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+    return {"checker": "ok (full_check)", "inputs": ins, "outputs": outs,
+            "value_info_inferred": len(m.graph.value_info)}
+
+
+def graph_stats(path: str | Path) -> dict:
+    """Node count, operator histogram, parameter count and size of an ONNX model."""
+    m = onnx.load(str(path), load_external_data=True)
+    ops = Counter(n.op_type for n in m.graph.node)
+    params = int(sum(np.prod(t.dims) if len(t.dims) else 1 for t in m.graph.initializer))
+    return {"nodes": len(m.graph.node), "ops": dict(sorted(ops.items())), "parameters": params,
+            "size_bytes": onnx_size_bytes(path), "opset": opset_of(m)}
+
+
+def simplify_onnx(path: str | Path, out_path: str | Path) -> dict:
+    """Simplify with onnxslim; returns graph statistics before and after."""
+    import onnxslim
+
+    before = graph_stats(path)
+    model = onnxslim.slim(str(path))
+    out_path = Path(out_path)
+    for stale in [out_path, *out_path.parent.glob(out_path.name + ".data")]:
+        stale.unlink(missing_ok=True)
+    onnx.save(model, str(out_path), save_as_external_data=before["size_bytes"] > 2**31 - 1)  # protobuf limit
+    after = graph_stats(out_path)
+    changed = {op: (before["ops"].get(op, 0), after["ops"].get(op, 0))
+               for op in sorted(set(before["ops"]) | set(after["ops"]))
+               if before["ops"].get(op, 0) != after["ops"].get(op, 0)}
+    return {"before": before, "after": after, "ops_changed": changed, "path": str(out_path)}

@@ -1,0 +1,118 @@
+"""ONNX Runtime runner: execution providers with recorded fallback, session options from params.
+
+Stages: the feature-extractor graph and the head graph (two small exports) give the per-stage
+split; `predict` runs the single full graph, so the headline total pays nothing for the split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data import PreprocessSpec
+from .base import Runner
+
+OPT_LEVELS = ("disabled", "basic", "extended", "all")
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass
+class OrtConfig:
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    graph_optimization: str = "all"  # disabled | basic | extended | all
+    intra_op_threads: int = 2
+    inter_op_threads: int = 1
+    # Idle ORT workers spin on the cores and slow the next PyTorch call (platform facts): off by default.
+    allow_spinning: bool = False
+    optimized_model_path: str | None = None  # save the graph after ORT's optimizations
+
+    def __post_init__(self):
+        if self.graph_optimization not in OPT_LEVELS:
+            raise ValueError(f"onnx.graph_optimization must be one of {OPT_LEVELS}, got {self.graph_optimization!r}")
+        self.providers = [PROVIDER_ALIASES.get(p.lower(), p) for p in self.providers]
+
+
+def resolve_providers(requested: list[str]) -> tuple[list[str], list[str]]:
+    """(providers to ask for, reasons for each requested one that is not available here)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    usable = [p for p in requested if p in available]
+    reasons = [f"{p} not available in this onnxruntime build (available: {available})"
+               for p in requested if p not in available]
+    if "CPUExecutionProvider" not in usable:
+        usable.append("CPUExecutionProvider")
+    return usable, reasons
+
+
+def make_session(path: str | Path, config: OrtConfig):
+    """An InferenceSession with `config`; returns (session, settings dict incl. fallback reasons)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[config.graph_optimization]
+    so.intra_op_num_threads = config.intra_op_threads
+    so.inter_op_num_threads = config.inter_op_threads
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if config.allow_spinning else "0")
+    so.log_severity_level = 3
+    if config.optimized_model_path:
+        so.optimized_model_filepath = str(config.optimized_model_path)
+    usable, reasons = resolve_providers(config.providers)
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=usable)
+    active = sess.get_providers()
+    # onnxruntime-gpu lists CUDA/TensorRT as available even without a GPU, then silently runs on CPU.
+    reasons += [f"{p} requested but the session fell back (active: {active})"
+                for p in usable if p not in active]
+    settings = {"providers_requested": config.providers, "providers_active": active,
+                "provider_fallback": reasons, "graph_optimization": config.graph_optimization,
+                "intra_op_threads": config.intra_op_threads, "inter_op_threads": config.inter_op_threads,
+                "allow_spinning": config.allow_spinning, "onnxruntime": ort.__version__}
+    return sess, settings
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, spec: PreprocessSpec, name: str = "onnxruntime-fp32",
+                 config: OrtConfig | None = None, features_path: str | Path | None = None,
+                 head_path: str | Path | None = None, technique: str = "runtime", precision: str = "fp32"):
+        super().__init__(spec)
+        self.config = config or OrtConfig()
+        self.name, self.technique, self.precision = name, technique, precision
+        self.threads = self.config.intra_op_threads
+        self.session, self._settings = make_session(model_path, self.config)
+        self.device = "cuda" if any(p in self._settings["providers_active"] for p in
+                                    ("CUDAExecutionProvider", "TensorrtExecutionProvider")) else "cpu"
+        self.stage_split = features_path is not None and head_path is not None
+        part_config = OrtConfig(**{**self.config.__dict__, "optimized_model_path": None})
+        self.features_session = make_session(features_path, part_config)[0] if self.stage_split else self.session
+        self.head_session = make_session(head_path, part_config)[0] if self.stage_split else None
+        self._in = self.session.get_inputs()[0].name
+        self._in_dtype = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
+
+    def _run(self, sess, x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    def preprocess(self, images) -> np.ndarray:
+        return super().preprocess(images).numpy().astype(self._in_dtype, copy=False)
+
+    def extract_features(self, x):
+        return self._run(self.features_session, x)
+
+    def classify(self, features) -> np.ndarray:
+        out = self._run(self.head_session, features) if self.head_session is not None else features
+        return np.asarray(out, dtype=np.float32)
+
+    def predict(self, images) -> np.ndarray:
+        return np.asarray(self._run(self.session, self.preprocess(images)), dtype=np.float32)
+
+    def settings(self) -> dict:
+        return dict(self._settings)

@@ -1,0 +1,139 @@
+"""ONNX export, ONNX Runtime and the PyTorch compilers against PyTorch eager on the same inputs."""
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from optlib import export as ox
+from optlib.compilers import compile_model, torchscript, torchscript_parts
+from optlib.data import PreprocessSpec, preprocess
+from optlib.models import split_model
+from optlib.runners import TorchRunner
+from optlib.runners.onnxruntime import OrtConfig, OrtRunner, make_session
+from tests.helpers import tiny_resnet
+
+SPEC = PreprocessSpec(32, [0.5] * 3, [0.25] * 3)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(8, 8), dtype=np.uint8) for _ in range(16)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_resnet(3)
+
+
+def ort_out(path, x: torch.Tensor) -> np.ndarray:
+    sess, _ = make_session(path, OrtConfig(intra_op_threads=1))
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_export_round_trip_matches_torch_at_several_batch_sizes(tmp_path, model, images, exporter):
+    res = ox.export_onnx(model, preprocess(images[:2], SPEC), tmp_path / "m.onnx", ox.ExportConfig(exporter=exporter))
+    assert res.opset_written == ox.opset_of(res.path) == 18 and res.size_bytes == ox.onnx_size_bytes(res.path)
+    assert ox.validate_onnx(res.path)["checker"].startswith("ok")
+    for bs in (1, 5, 16):  # dynamic batch axis
+        x = preprocess(images[:bs], SPEC)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = ort_out(res.path, x)
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, atol=ox.FP32_TOLERANCE)
+
+
+def test_dynamo_exporter_keeps_opset_18_when_asked_for_17(tmp_path, model, images):
+    res = ox.export_onnx(model, preprocess(images[:2], SPEC), tmp_path / "m.onnx", ox.ExportConfig(opset=17))
+    assert res.opset_requested == 17 and res.opset_written == ox.opset_of(res.path)
+    legacy = ox.export_onnx(model, preprocess(images[:2], SPEC), tmp_path / "l.onnx",
+                            ox.ExportConfig(exporter="torchscript", opset=17))
+    assert legacy.opset_written == 17
+
+
+def test_external_data_is_counted_and_loaded(tmp_path, model, images):
+    res = ox.export_onnx(model, preprocess(images[:2], SPEC), tmp_path / "m.onnx")
+    m = onnx.load(res.path)
+    ext = tmp_path / "ext.onnx"
+    onnx.save(m, str(ext), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data")
+    files = ox.external_data_files(ext)
+    assert files == [tmp_path / "ext.onnx.data"]
+    assert ox.onnx_size_bytes(ext) == ext.stat().st_size + files[0].stat().st_size
+    assert ox.onnx_size_bytes(ext) > 10 * ext.stat().st_size  # the weights are in the data file
+    assert ox.graph_stats(ext)["parameters"] == ox.graph_stats(res.path)["parameters"]
+    x = preprocess(images[:4], SPEC)
+    np.testing.assert_allclose(ort_out(ext, x), ort_out(res.path, x), atol=1e-6)
+
+
+def test_simplification_preserves_outputs(tmp_path, model, images):
+    res = ox.export_onnx(model, preprocess(images[:2], SPEC), tmp_path / "m.onnx", ox.ExportConfig(exporter="torchscript"))
+    s = ox.simplify_onnx(res.path, tmp_path / "m.slim.onnx")
+    assert s["after"]["nodes"] <= s["before"]["nodes"]
+    assert s["after"]["parameters"] <= s["before"]["parameters"]
+    x = preprocess(images[:6], SPEC)
+    np.testing.assert_allclose(ort_out(s["path"], x), ort_out(res.path, x), atol=1e-5)
+
+
+def test_ort_runner_matches_torch_runner_with_stage_split(tmp_path, model, images):
+    feats, head = split_model(model)
+    x = preprocess(images[:2], SPEC)
+    paths = {}
+    for name, mod, inp in (("model", model, x), ("features", feats, x), ("head", head, feats(x).detach())):
+        paths[name] = ox.export_onnx(mod, inp, tmp_path / f"{name}.onnx").path
+    ort = OrtRunner(paths["model"], SPEC, config=OrtConfig(intra_op_threads=1),
+                    features_path=paths["features"], head_path=paths["head"])
+    pt = TorchRunner(model, SPEC, threads=1)
+    a, b = ort.predict(images), pt.predict(images)
+    assert (a.argmax(1) == b.argmax(1)).all()
+    np.testing.assert_allclose(a, b, atol=ox.FP32_TOLERANCE)
+    staged = ort.classify(ort.extract_features(ort.preprocess(images[:4])))
+    np.testing.assert_allclose(staged, a[:4], atol=ox.FP32_TOLERANCE)
+    s = ort.settings()
+    assert s["providers_active"] == ["CPUExecutionProvider"] and s["allow_spinning"] is False
+
+
+def test_provider_fallback_is_recorded(tmp_path, model, images):
+    path = ox.export_onnx(model, preprocess(images[:2], SPEC), tmp_path / "m.onnx").path
+    r = OrtRunner(path, SPEC, config=OrtConfig(providers=["cuda", "CPUExecutionProvider"], intra_op_threads=1))
+    s = r.settings()
+    assert s["providers_requested"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert s["providers_active"] == ["CPUExecutionProvider"] and r.device == "cpu"
+    assert any("CUDAExecutionProvider" in reason for reason in s["provider_fallback"])
+
+
+def test_unexportable_module_gives_clear_error(tmp_path):
+    class Branchy(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return x * 2
+            return x - 1
+
+    with pytest.raises(ox.ExportError) as e:
+        ox.export_onnx(Branchy(), torch.randn(2, 3, 8, 8), tmp_path / "b.onnx")
+    msg = str(e.value)
+    assert "Branchy" in msg and "dynamo exporter" in msg and "data-dependent control flow" in msg
+    assert "in forward" in msg and "torch.where" in msg and "\n" not in msg
+
+
+def test_torchscript_reloaded_matches_eager(tmp_path, model, images):
+    x = preprocess(images[:4], SPEC)
+    full, f, h = torchscript_parts(model, x, tmp_path / "ts")
+    assert full.method == "trace" and (tmp_path / "ts" / "model.pt").is_file() and full.size_bytes > 0
+    r = TorchRunner(full.module, SPEC, threads=1, parts=(f.module, h.module))
+    ref = TorchRunner(model, SPEC, threads=1).predict(images)
+    np.testing.assert_allclose(r.predict(images), ref, atol=1e-4)
+    np.testing.assert_allclose(r.classify(r.extract_features(r.preprocess(images[:3]))), ref[:3], atol=1e-4)
+    scripted = torchscript(model, x, tmp_path / "s.pt", method="script")  # resnet scripts fine
+    assert scripted.method == "script" and scripted.script_error is None
+
+
+def test_compile_freezing_matches_eager(model, images):
+    x = preprocess(images[:1], SPEC)
+    c = compile_model(model, "freezing", x, measure_cold=False)
+    assert c.options["freezing"] is True and all(v > 0 for v in c.compile_seconds.values())
+    r = TorchRunner(c.module, SPEC, threads=1)
+    np.testing.assert_allclose(r.predict(images[:1]), TorchRunner(model, SPEC, threads=1).predict(images[:1]),
+                               atol=1e-4)
