@@ -102,8 +102,27 @@ def _inductor_cache(path: str | None):
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
 
 
+class InductorConfigPatched(nn.Module):
+    """Calls a compiled module with an inductor config patch active.
+
+    Measured here (torch 2.14, ResNet18 64x64, batch 1): torch.compile(options={"freezing": True})
+    ran at eager speed (11.5 ms), the same compile under `torch._inductor.config.patch(freezing=True)`
+    at 4.0 ms. Compilation is lazy (first call, and again for every new batch size), so the patch
+    must be active on every call, not only around torch.compile.
+    """
+
+    def __init__(self, compiled: nn.Module, patch: dict):
+        super().__init__()
+        self.compiled = compiled
+        self.patch = dict(patch)
+
+    def forward(self, x):
+        with torch._inductor.config.patch(**self.patch), torch.no_grad():
+            return self.compiled(x)
+
+
 def compile_options(mode: str) -> tuple[dict, dict]:
-    """(torch.compile kwargs, inductor options) for a named mode."""
+    """(torch.compile kwargs, inductor config patch) for a named mode."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compilers.compile_modes: unknown mode {mode!r} (choose from {COMPILE_MODES})")
     if mode == "freezing":
@@ -134,6 +153,11 @@ def _raise_recompile_limits(n: int = 64) -> None:
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * n)
 
 
+def _compile(model: nn.Module, kwargs: dict, patch: dict) -> nn.Module:
+    compiled = torch.compile(model, dynamic=False, **kwargs)
+    return InductorConfigPatched(compiled, patch) if patch else compiled
+
+
 def compile_model(model: nn.Module, mode: str, sample: torch.Tensor, measure_cold: bool = True) -> CompiledModel:
     """torch.compile `model` in `mode` and pay its compile cost on `sample` now.
 
@@ -147,12 +171,12 @@ def compile_model(model: nn.Module, mode: str, sample: torch.Tensor, measure_col
     if measure_cold:
         with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache, _inductor_cache(cache):
             torch._dynamo.reset()
-            cold = torch.compile(model, dynamic=False, options=options or None, **kwargs)
+            cold = _compile(model, kwargs, options)
             seconds[f"bs={bs} cold cache"] = first_call_seconds(cold, sample)
             torch._dynamo.reset()
-            warm = torch.compile(model, dynamic=False, options=options or None, **kwargs)
+            warm = _compile(model, kwargs, options)
             seconds[f"bs={bs} warm cache"] = first_call_seconds(warm, sample)
         torch._dynamo.reset()
-    compiled = torch.compile(model, dynamic=False, options=options or None, **kwargs)
+    compiled = _compile(model, kwargs, options)
     seconds[f"bs={bs}" + (" (after reset)" if measure_cold else "")] = first_call_seconds(compiled, sample)
     return CompiledModel(compiled, mode, {**kwargs, **options}, seconds)

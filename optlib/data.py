@@ -209,3 +209,21 @@ def load_dataset(params: Params) -> Dataset:
 def batches(images: list[np.ndarray], batch_size: int):
     for i in range(0, len(images), batch_size):
         yield images[i:i + batch_size]
+
+
+def calibration_set(dataset: Dataset, size: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """`size` raw images drawn with `seed` from the training side, never from the evaluated images.
+
+    Returns (images, their paths). Raises ValueError when there is no training side.
+    """
+    from .quantize_onnx import CalibrationError
+
+    if dataset.train is None or len(dataset.train) == 0:
+        raise CalibrationError("calibration needs images from the training side: set data.train_root (the "
+                               "evaluated images are never used for calibration)")
+    if size < 1:
+        raise CalibrationError(f"calibration size must be at least 1, got {size}")
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(dataset.train), size=min(size, len(dataset.train)), replace=False)
+    paths = dataset.train.paths or [f"train[{i}]" for i in range(len(dataset.train))]
+    return [dataset.train.images[i] for i in idx], [paths[i] for i in idx]

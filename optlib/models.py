@@ -173,9 +173,11 @@ def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
     The feature extractor is a shallow copy of the model whose head is nn.Identity, so
     `head(features(x)) == model(x)` for torchvision classifiers (checked by the caller).
-    Compiled and TorchScript modules are not split here: split before compiling.
+    Compiled, TorchScript and FX graph modules (e.g. quantized ones) are not split here: their
+    forward is generated code, so swapping the head attribute would not cut the graph.
     """
-    if isinstance(model, torch.jit.ScriptModule) or hasattr(model, "_orig_mod"):
+    if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)) or any(
+            hasattr(model, a) for a in ("_orig_mod", "compiled")):
         return None
     for attr in HEAD_ATTRS:
         head = getattr(model, attr, None)

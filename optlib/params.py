@@ -91,6 +91,29 @@ class CompilerParams:
 
 
 @dataclass
+class QuantParams:
+    calibration_size: int = 100  # images drawn from the training side, never the evaluated ones
+    seed: int = 0  # calibration draw
+    method: str = "minmax"  # main static method: minmax | entropy | percentile
+    methods: list[str] = field(default_factory=lambda: ["minmax", "entropy", "percentile"])
+    per_channel: bool = True
+    activation_type: str = "uint8"  # uint8 (x86 fast path) | int8
+    quant_format: str = "QDQ"  # QDQ (fast path) | QOperator
+    compare_formats: bool = True  # also measure per-tensor, QOperator and int8 (s8s8) activations
+    dynamic: bool = True  # ORT dynamic INT8 (slow for CNNs: shown, not recommended)
+    pytorch_native: bool = True  # FX static INT8 on the x86 backend
+    pt2e: bool = True  # torchao PT2E + torch.compile(freezing)
+    study_sizes: list[int] = field(default_factory=lambda: [1, 10, 100, 500])  # [] skips the study
+    study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    sensitivity: bool = True  # per-layer sensitivity and exclusion lists
+    exclude_top_k: list[int] = field(default_factory=lambda: [1, 3])
+    max_accuracy_drop: float = 0.005  # accuracy budget against FP32 (fraction, judged on the CI)
+    gru_study: bool = True  # dynamic quantization of a GRU reading digits row by row (digits data only)
+    qat_epochs: int = 2
+    qat_lr: float = 0.005
+
+
+@dataclass
 class Params:
     target: str = "notebook"  # outputs go to outputs/<target>/
     device: str = "cpu"  # cpu | cuda
@@ -100,6 +123,7 @@ class Params:
     bench: BenchParams = field(default_factory=BenchParams)
     onnx: OnnxParams = field(default_factory=OnnxParams)
     compilers: CompilerParams = field(default_factory=CompilerParams)
+    quant: QuantParams = field(default_factory=QuantParams)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,6 +242,21 @@ def _validate(p: Params, source: str) -> Params:
     bad_modes = [m for m in p.compilers.compile_modes if m not in ("default", "freezing", "max-autotune")]
     if bad_modes:
         fail("compilers.compile_modes", f"has unknown mode(s) {bad_modes} (default, freezing, max-autotune)")
+    q = p.quant
+    for key, values in (("quant.method", [q.method]), ("quant.methods", q.methods)):
+        bad = [m for m in values if m not in ("minmax", "entropy", "percentile")]
+        if bad:
+            fail(key, f"has unknown calibration method(s) {bad} (minmax, entropy, percentile)")
+    if q.activation_type not in ("uint8", "int8"):
+        fail("quant.activation_type", "must be uint8 or int8")
+    if q.quant_format not in ("QDQ", "QOperator"):
+        fail("quant.quant_format", "must be QDQ or QOperator")
+    if q.calibration_size < 1 or any(s < 1 for s in q.study_sizes):
+        fail("quant.calibration_size", "and quant.study_sizes must be at least 1")
+    if not 0 <= q.max_accuracy_drop < 1:
+        fail("quant.max_accuracy_drop", "must be a fraction in [0, 1), e.g. 0.005 for half a point")
+    if q.qat_epochs < 1 or q.qat_lr <= 0:
+        fail("quant.qat_epochs", "must be >= 1 and quant.qat_lr > 0")
     if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
         fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
     return p

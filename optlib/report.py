@@ -35,6 +35,7 @@ def comparison_table(records: list[dict], reference: str = REFERENCE) -> pd.Data
                "precision": r.get("precision"), "status": r.get("status"), "reason": r.get("reason") or ""}
         dev = r.get("device") or {}
         row["device"] = dev.get("kind")
+        row["kernels"] = (r.get("extra") or {}).get("kernels", "")
         row["threads"] = dev.get("threads")
         total = (r.get("latency_ms") or {}).get("total")
         if r.get("status") == "ok" and total:
@@ -71,6 +72,56 @@ def comparison_table(records: list[dict], reference: str = REFERENCE) -> pd.Data
     if not df.empty:
         df = df.sort_values(["status", "name"], key=lambda s: s.map(lambda v: (v != "ok", v)) if s.name == "status" else s)
     return df.reset_index(drop=True)
+
+
+def speedups(records: dict, reference: str) -> pd.DataFrame:
+    """Same-run speed-ups of every record against `reference`: batch-latency ratio with a bootstrap
+    95% interval (over trial medians) at the latency batch size and at each throughput batch size.
+
+    `records` maps name -> Record (or its dict), all measured in one `measure` call.
+    """
+    def get(r, k):
+        return getattr(r, k) if hasattr(r, k) else r[k]
+
+    ref = records[reference]
+    rows = {}
+    for name, r in records.items():
+        row = {}
+        s, (lo, hi) = ratio_ci(get(ref, "latency_ms")["total"]["trial_medians"],
+                               get(r, "latency_ms")["total"]["trial_medians"])
+        row[f"latency bs={get(r, 'batch_size')}"] = s
+        row[f"latency bs={get(r, 'batch_size')} ci95"] = (lo, hi)
+        for bs, t in (get(r, "throughput_per_s") or {}).items():
+            rt = get(ref, "throughput_per_s").get(bs)
+            if rt:
+                s, (lo, hi) = ratio_ci(rt["latency_ms"]["trial_medians"], t["latency_ms"]["trial_medians"])
+                row[f"throughput bs={bs}"] = s
+                row[f"throughput bs={bs} ci95"] = (lo, hi)
+        rows[name] = row
+    return pd.DataFrame(rows).T
+
+
+def fastest_within_budget(records: dict, max_accuracy_drop: float, candidates: list[str]) -> tuple[str | None, pd.DataFrame]:
+    """The fastest of `candidates` (by p50 total latency) whose accuracy change against the
+    reference stays within the budget *on its whole 95% interval* (lower bound >= -max_drop).
+
+    Returns (name or None, table of every candidate with its verdict).
+    """
+    def get(r, k):
+        return getattr(r, k) if hasattr(r, k) else r[k]
+
+    rows = {}
+    for name in candidates:
+        r = records[name]
+        fid = get(r, "fidelity") or {}
+        lo, hi = fid.get("accuracy_delta_ci95", (0.0, 0.0))
+        rows[name] = {"p50_ms": get(r, "latency_ms")["total"]["median"], "accuracy_delta": fid.get("accuracy_delta", 0.0),
+                      "ci95_low": lo, "ci95_high": hi, "flips": fid.get("flips", 0),
+                      "within_budget": lo >= -max_accuracy_drop,
+                      "point_within_budget": fid.get("accuracy_delta", 0.0) >= -max_accuracy_drop}
+    df = pd.DataFrame(rows).T.sort_values("p50_ms")
+    ok = df[df["within_budget"].astype(bool)]
+    return (ok.index[0] if len(ok) else None), df
 
 
 def latency_accuracy_figure(records: list[dict], reference: str = REFERENCE):

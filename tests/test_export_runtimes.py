@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from optlib import export as ox
-from optlib.compilers import compile_model, torchscript, torchscript_parts
+from optlib.compilers import InductorConfigPatched, compile_model, torchscript, torchscript_parts
 from optlib.data import PreprocessSpec, preprocess
 from optlib.models import split_model
 from optlib.runners import TorchRunner
@@ -134,6 +134,7 @@ def test_compile_freezing_matches_eager(model, images):
     x = preprocess(images[:1], SPEC)
     c = compile_model(model, "freezing", x, measure_cold=False)
     assert c.options["freezing"] is True and all(v > 0 for v in c.compile_seconds.values())
+    assert isinstance(c.module, InductorConfigPatched) and c.module.patch == {"freezing": True}
     r = TorchRunner(c.module, SPEC, threads=1)
     np.testing.assert_allclose(r.predict(images[:1]), TorchRunner(model, SPEC, threads=1).predict(images[:1]),
                                atol=1e-4)

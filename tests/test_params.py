@@ -7,7 +7,7 @@ from optlib.params import ParamsError, from_dict, load_params, notebook_params
 from optlib import paths
 
 
-@pytest.mark.parametrize("target", ["cpu", "cuda", "smoke"])
+@pytest.mark.parametrize("target", ["cpu", "cuda", "smoke", "resnet50-cpu"])
 def test_shipped_params_files_are_valid(target):
     p = load_params(paths.params_file_for(target))
     assert p.target == target

@@ -1,0 +1,260 @@
+"""INT8 with ONNX Runtime: dynamic and static (calibrated) quantization, the evidence of how the
+result executes, and per-node sensitivity.
+
+Calibration is driven through ORT's calibrator classes directly (`calibrate`), then handed to
+`quantize_static` as a calibration cache: onnxruntime 1.32's `quantize_static(calibrate_method=
+Entropy)` does not forward the histogram options and returns the MinMax result (see
+../shared/platform-facts.md). One set of ranges also serves many quantizations (exclusion lists,
+per-node sensitivity) without recalibrating.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .export import onnx_size_bytes
+
+METHODS = ("minmax", "entropy", "percentile")
+QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
+# Operators that only exist when the arithmetic is done in integers.
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
+               "QLinearAdd", "QLinearGlobalAveragePool", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+class CalibrationError(ValueError):
+    """Static quantization was asked for without calibration data."""
+
+
+@dataclass
+class StaticQuantConfig:
+    method: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = True
+    activation_type: str = "uint8"  # uint8 (fast path on x86) | int8
+    weight_type: str = "int8"
+    quant_format: str = "QDQ"  # QDQ (fast path) | QOperator
+    percentile: float = 99.999
+    num_bins: int | None = None  # None: entropy 2048 (ORT's 128 makes Entropy == MinMax), percentile 2048
+    nodes_to_exclude: list[str] = field(default_factory=list)
+    nodes_to_quantize: list[str] | None = None  # None: every quantizable node
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"quant method must be one of {METHODS}, got {self.method!r}")
+        if self.quant_format not in ("QDQ", "QOperator"):
+            raise ValueError(f"quant format must be QDQ or QOperator, got {self.quant_format!r}")
+        for k in ("activation_type", "weight_type"):
+            if getattr(self, k) not in ("uint8", "int8"):
+                raise ValueError(f"{k} must be uint8 or int8, got {getattr(self, k)!r}")
+
+    def label(self) -> str:
+        parts = [self.method]
+        if not self.per_channel:
+            parts.append("per_tensor")
+        if self.quant_format != "QDQ":
+            parts.append(self.quant_format.lower())
+        if self.activation_type == "int8":
+            parts.append("s8s8")
+        return "-".join(parts)
+
+
+def _ort_enums(config: StaticQuantConfig):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.method]
+    qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    fmt = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}[config.quant_format]
+    return method, qt[config.activation_type], qt[config.weight_type], fmt
+
+
+def preprocess_model(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """ORT's quant_pre_process (symbolic shape inference, graph optimisation) before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+    return out_path
+
+
+class _ArrayReader:
+    """CalibrationDataReader over an array of preprocessed inputs, in batches."""
+
+    def __init__(self, input_name: str, data: np.ndarray, batch_size: int = 16):
+        self.input_name, self.data, self.batch_size, self.i = input_name, data, batch_size, 0
+
+    def get_next(self):
+        if self.i >= len(self.data):
+            return None
+        batch = self.data[self.i:self.i + self.batch_size]
+        self.i += self.batch_size
+        return {self.input_name: batch}
+
+    def rewind(self):
+        self.i = 0
+
+    def __len__(self):
+        return (len(self.data) + self.batch_size - 1) // self.batch_size
+
+
+def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "minmax",
+              percentile: float = 99.999, num_bins: int | None = None):
+    """Activation ranges of every tensor to quantize, computed by ORT's calibrator for `method`.
+
+    `calibration` holds preprocessed inputs (N, C, H, W) drawn from the training side.
+    Returns onnxruntime's TensorsData.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    if calibration is None or len(calibration) == 0:
+        raise CalibrationError("static quantization needs calibration images (from data.train_root or the "
+                               "default split's training side); none were given")
+    cfg = StaticQuantConfig(method=method, percentile=percentile, num_bins=num_bins)
+    ort_method = _ort_enums(cfg)[0]
+    extra = {}
+    if method == "percentile":
+        extra["percentile"] = percentile
+    if method == "percentile" and num_bins is not None:
+        extra["num_bins"] = num_bins
+    if method == "entropy":
+        # ORT's defaults are 128 histogram bins for 128 quantized bins: the KL search then has a
+        # single candidate, the full range, and Entropy returns MinMax's answer. That is why
+        # quantize_static(calibrate_method=Entropy), which cannot pass num_bins, equals MinMax.
+        extra["num_bins"] = num_bins or 2048
+        extra["num_quantized_bins"] = 128
+    input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="optlib-calib-") as d:
+        calibrator = create_calibrator(Path(model_path), [], augmented_model_path=str(Path(d) / "augmented.onnx"),
+                                       calibrate_method=ort_method, extra_options=extra)
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+            calibrator.collect_data(_ArrayReader(input_name, np.ascontiguousarray(calibration, dtype=np.float32)))
+            ranges = calibrator.compute_data()
+        del calibrator
+    return ranges
+
+
+def ranges_summary(ranges) -> dict[str, tuple[float, float]]:
+    """{tensor: (low, high)} of a TensorsData, for comparing calibration methods."""
+    out = {}
+    for name in ranges:
+        td = ranges[name]
+        lo, hi = td.range_value if hasattr(td, "range_value") else (td.lowest, td.highest)
+        out[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
+    return out
+
+
+def quantize_static(model_path: str | Path, out_path: str | Path, ranges, config: StaticQuantConfig) -> Path:
+    """Static INT8 quantization of `model_path` (already pre-processed) with precomputed `ranges`."""
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    method, act, wt, fmt = _ort_enums(config)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="optlib-quant-") as d:
+        cache = Path(d) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        logging.getLogger().setLevel(logging.ERROR)  # ORT warns about pre-processing at INFO/WARNING
+        ort_quantize_static(str(model_path), str(out_path), calibration_data_reader=None, quant_format=fmt,
+                            per_channel=config.per_channel, activation_type=act, weight_type=wt,
+                            nodes_to_exclude=list(config.nodes_to_exclude) or None,
+                            nodes_to_quantize=list(config.nodes_to_quantize) if config.nodes_to_quantize else None,
+                            calibrate_method=method, calibration_cache_path=str(cache),
+                            extra_options={"ActivationSymmetric": config.activation_type == "int8"})
+    return out_path
+
+
+def quantize_dynamic(model_path: str | Path, out_path: str | Path, per_channel: bool = False) -> Path:
+    """Dynamic INT8: weights quantized offline, activations quantized at run time per call."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    out_path = Path(out_path)
+    ort_quantize_dynamic(str(model_path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel)
+    return out_path
+
+
+def op_counts(path: str | Path) -> dict[str, int]:
+    m = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(n.op_type for n in m.graph.node).items()))
+
+
+def quantizable_nodes(path: str | Path) -> list[str]:
+    """Names of the Conv / Gemm / MatMul nodes of a graph, in graph order."""
+    m = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in m.graph.node if n.op_type in QUANTIZABLE_OPS]
+
+
+def execution_evidence(path: str | Path, providers: list[str] | None = None) -> dict:
+    """How a quantized graph executes: the operators of the graph as written and after ONNX
+    Runtime's optimisations (which fuse QDQ patterns into integer kernels such as QLinearConv).
+
+    kernels = "integer" when integer operators run, "fake-quant" when only Quantize/Dequantize
+    pairs around float kernels remain, "float" when nothing is quantized.
+    """
+    import onnxruntime as ort
+
+    written = op_counts(path)
+    with tempfile.TemporaryDirectory(prefix="optlib-ortopt-") as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+        executed = op_counts(so.optimized_model_filepath)
+    integer = {k: v for k, v in executed.items() if k in INTEGER_OPS}
+    qdq = {k: v for k, v in executed.items() if k in QDQ_OPS}
+    float_compute = {k: v for k, v in executed.items() if k in ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul")}
+    kernels = "integer" if integer else ("fake-quant" if qdq else "float")
+    return {"kernels": kernels, "integer_ops": integer, "qdq_ops": qdq, "float_compute_ops": float_compute,
+            "ops_written": written, "ops_executed": executed}
+
+
+def write_exclusion_list(nodes: list[str], path: str | Path, ranking: list[dict] | None = None) -> Path:
+    """The nodes kept in FP32, in the form onnxruntime's quantize_static takes (nodes_to_exclude)."""
+    from .records import write_json_atomic
+
+    return write_json_atomic({"nodes_to_exclude": list(nodes), "ranking": ranking or []}, Path(path))
+
+
+def read_exclusion_list(path: str | Path) -> list[str]:
+    return list(json.loads(Path(path).read_text())["nodes_to_exclude"])
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10 log10(|ref|^2 / |ref - cand|^2)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = ref - np.asarray(candidate, dtype=np.float64)
+    n2 = float((noise ** 2).sum())
+    return float("inf") if n2 == 0 else float(10 * np.log10((ref ** 2).sum() / n2))
+
+
+def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    a = np.asarray(reference, dtype=np.float64).ravel()
+    b = np.asarray(candidate, dtype=np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+@dataclass
+class QuantizedArtifact:
+    path: str
+    config: dict
+    size_bytes: int
+    evidence: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe(path: str | Path, config: StaticQuantConfig | None = None, extra: dict | None = None) -> QuantizedArtifact:
+    return QuantizedArtifact(str(path), {**(asdict(config) if config else {}), **(extra or {})},
+                             onnx_size_bytes(path), execution_evidence(path))
