@@ -135,8 +135,11 @@ def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "mi
     with tempfile.TemporaryDirectory(prefix="optlib-calib-") as d:
         calibrator = create_calibrator(Path(model_path), [], augmented_model_path=str(Path(d) / "augmented.onnx"),
                                        calibrate_method=ort_method, extra_options=extra)
+        # ORT's histogram collector stacks per-batch outputs: every batch must have the same size.
+        n = len(calibration)
+        bs = max(b for b in range(1, min(16, n) + 1) if n % b == 0)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            calibrator.collect_data(_ArrayReader(input_name, np.ascontiguousarray(calibration, dtype=np.float32)))
+            calibrator.collect_data(_ArrayReader(input_name, np.ascontiguousarray(calibration, dtype=np.float32), bs))
             ranges = calibrator.compute_data()
         del calibrator
     return ranges

@@ -74,7 +74,7 @@ def _scales(path) -> dict:
 
 def test_calibration_methods_give_different_scales(trained):
     t = trained
-    calib = t["calib"].numpy()
+    calib = t["calib"].numpy()[:37]  # not a multiple of the reader batch: histogram methods once failed on it
     r = {m: qo.calibrate(t["fp32"], calib, m) for m in qo.METHODS}
     s = {m: qo.ranges_summary(r[m]) for m in qo.METHODS}
     assert s["minmax"] != s["entropy"] and s["minmax"] != s["percentile"] and s["entropy"] != s["percentile"]
