@@ -15,13 +15,11 @@ import json
 import logging
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-
-from .export import onnx_size_bytes
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
@@ -246,18 +244,3 @@ def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     b = np.asarray(candidate, dtype=np.float64).ravel()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
-
-@dataclass
-class QuantizedArtifact:
-    path: str
-    config: dict
-    size_bytes: int
-    evidence: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def describe(path: str | Path, config: StaticQuantConfig | None = None, extra: dict | None = None) -> QuantizedArtifact:
-    return QuantizedArtifact(str(path), {**(asdict(config) if config else {}), **(extra or {})},
-                             onnx_size_bytes(path), execution_evidence(path))

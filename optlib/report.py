@@ -74,15 +74,18 @@ def comparison_table(records: list[dict], reference: str = REFERENCE) -> pd.Data
     return df.reset_index(drop=True)
 
 
+def _field(record, key):
+    """A field of a Record or of its dict form."""
+    return getattr(record, key) if hasattr(record, key) else record[key]
+
+
 def speedups(records: dict, reference: str) -> pd.DataFrame:
     """Same-run speed-ups of every record against `reference`: batch-latency ratio with a bootstrap
     95% interval (over trial medians) at the latency batch size and at each throughput batch size.
 
     `records` maps name -> Record (or its dict), all measured in one `measure` call.
     """
-    def get(r, k):
-        return getattr(r, k) if hasattr(r, k) else r[k]
-
+    get = _field
     ref = records[reference]
     rows = {}
     for name, r in records.items():
@@ -107,9 +110,7 @@ def fastest_within_budget(records: dict, max_accuracy_drop: float, candidates: l
 
     Returns (name or None, table of every candidate with its verdict).
     """
-    def get(r, k):
-        return getattr(r, k) if hasattr(r, k) else r[k]
-
+    get = _field
     rows = {}
     for name in candidates:
         r = records[name]
