@@ -147,10 +147,35 @@ def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Te
         compile_s = time.perf_counter() - t1
     src = "\n".join(code)
     int_kernels = src.count("onednn.qconv") + src.count("onednn.qlinear")
+    referenced = graph_constant_bytes(converted)
     return compiled, {"flow": "pt2e (torchao X86InductorQuantizer) + torch.compile(freezing)",
                       "seconds": convert_s, "compile_seconds": compile_s, "qdq_nodes_before_lowering": q_nodes,
                       "onednn_int8_kernel_calls": int_kernels,
-                      "kernels": "integer" if int_kernels else "fake-quant"}
+                      "kernels": "integer" if int_kernels else "fake-quant",
+                      "size_bytes": referenced["bytes"],
+                      "size_method": "bytes of the tensors the converted graph reads (get_attr): "
+                                     f"{referenced['int8_tensors']} int8 of {referenced['tensors']}; the module also keeps "
+                                     f"its unused FP32 parameters ({_state_dict_bytes(converted) / 1e6:.1f} MB in all), "
+                                     "which torch.export.save would write too"}
+
+
+def graph_constant_bytes(gm: torch.fx.GraphModule) -> dict:
+    """Bytes of the distinct tensors an FX graph reads through get_attr nodes (its weights as
+    executed), ignoring parameters the module holds but the graph never uses."""
+    seen: dict[int, torch.Tensor] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                seen[id(obj)] = obj
+    return {"bytes": sum(t.nbytes for t in seen.values()), "tensors": len(seen),
+            "int8_tensors": sum(t.dtype == torch.int8 for t in seen.values())}
+
+
+def _state_dict_bytes(m: nn.Module) -> int:
+    return sum(t.nbytes for t in m.state_dict().values() if isinstance(t, torch.Tensor))
 
 
 # --- dynamic --------------------------------------------------------------------------------

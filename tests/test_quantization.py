@@ -153,3 +153,21 @@ def test_fastest_within_budget_uses_the_interval():
     assert best == "mid-safe"
     assert table.loc["fast-risky", "point_within_budget"] and not table.loc["fast-risky", "within_budget"]
     assert fastest_within_budget(records, 0.0005, list(records))[0] is None
+
+
+def test_graph_constant_bytes_counts_only_what_the_graph_reads():
+    root = torch.nn.Module()
+    root.w = torch.nn.Parameter(torch.randn(8, 4))
+    root.sub = torch.nn.Module()
+    root.sub.register_buffer("q", torch.randint(-128, 127, (4, 3), dtype=torch.int8))
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    w, q = g.get_attr("w"), g.get_attr("sub.q")
+    w_again = g.get_attr("w")  # the same tensor read twice counts once
+    y = g.call_function(torch.matmul, (g.call_function(torch.matmul, (x, w)), g.call_method("float", (q,))))
+    g.output(g.call_function(torch.add, (y, g.call_function(torch.sum, (w_again,)))))
+    gm = torch.fx.GraphModule(root, g)
+    gm.unused = torch.nn.Parameter(torch.randn(1000))  # held, never read: like convert_pt2e's FP32 weights
+    assert gm(torch.randn(2, 8)).shape == (2, 3)
+    got = qt.graph_constant_bytes(gm)
+    assert got == {"bytes": 8 * 4 * 4 + 4 * 3 * 1, "tensors": 2, "int8_tensors": 1}
