@@ -110,14 +110,41 @@ def _explain(e: Exception, exporter: str, model: nn.Module) -> str:
             f"{detail.strip()[:200]}. {fix}")
 
 
-def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path,
-                config: ExportConfig | None = None) -> ExportResult:
-    """Export `model` (eval mode, CPU) traced on `sample` to `path`; raise ExportError on failure."""
-    config = config or ExportConfig()
+def _fresh_target(path: str | Path) -> Path:
+    """Make the folder and remove a previous model and its external data, so no stale file is read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in [path, *path.parent.glob(path.name + ".data")]:
         stale.unlink(missing_ok=True)
+    return path
+
+
+def export_split(model: nn.Module, sample: torch.Tensor, out_dir: str | Path, config: ExportConfig | None = None,
+                 pattern: str = "{part}.onnx") -> tuple[dict[str, ExportResult], tuple[nn.Module, nn.Module] | None]:
+    """Export the full model and, when it splits into feature extractor and head
+    (`models.split_model`), each part too, so ONNX Runtime can time the stages.
+
+    Returns ({"model": ..., "features": ..., "head": ...}, (features, head)); for a model that does
+    not split, only "model" and None.
+    """
+    from .models import split_model
+
+    out_dir = Path(out_dir)
+    parts = split_model(model)
+    todo = [("model", model, sample)]
+    if parts is not None:
+        features, head = parts
+        with torch.no_grad():
+            feature_sample = features.eval()(sample)
+        todo += [("features", features, sample), ("head", head, feature_sample)]
+    return {part: export_onnx(mod, x, out_dir / pattern.format(part=part), config) for part, mod, x in todo}, parts
+
+
+def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path,
+                config: ExportConfig | None = None) -> ExportResult:
+    """Export `model` (eval mode, CPU) traced on `sample` to `path`; raise ExportError on failure."""
+    config = config or ExportConfig()
+    path = _fresh_target(path)
     model = model.eval()
     t0 = time.perf_counter()
     try:
@@ -184,9 +211,7 @@ def simplify_onnx(path: str | Path, out_path: str | Path) -> dict:
 
     before = graph_stats(path)
     model = onnxslim.slim(str(path))
-    out_path = Path(out_path)
-    for stale in [out_path, *out_path.parent.glob(out_path.name + ".data")]:
-        stale.unlink(missing_ok=True)
+    out_path = _fresh_target(out_path)
     onnx.save(model, str(out_path), save_as_external_data=before["size_bytes"] > 2**31 - 1)  # protobuf limit
     after = graph_stats(out_path)
     changed = {op: (before["ops"].get(op, 0), after["ops"].get(op, 0))

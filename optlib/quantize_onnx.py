@@ -27,6 +27,10 @@ QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
                "QLinearAdd", "QLinearGlobalAveragePool", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+# The heavy operators, by how they compute: integer (INT8 x INT8 -> INT32) or float.
+INTEGER_COMPUTE_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
+                       "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+FLOAT_COMPUTE_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
 
 
 class CalibrationError(ValueError):
@@ -199,8 +203,11 @@ def execution_evidence(path: str | Path, providers: list[str] | None = None) -> 
     """How a quantized graph executes: the operators of the graph as written and after ONNX
     Runtime's optimisations (which fuse QDQ patterns into integer kernels such as QLinearConv).
 
-    kernels = "integer" when integer operators run, "fake-quant" when only Quantize/Dequantize
-    pairs around float kernels remain, "float" when nothing is quantized.
+    kernels = "integer" when every heavy operator (conv, matmul, gemm) runs as an integer kernel,
+    "mixed" when some run in integer and some in float (layers excluded from quantization, or QDQ
+    patterns ORT could not fuse), "fake-quant" when only Quantize/Dequantize pairs around float
+    kernels remain, "float" when nothing is quantized. `integer_compute_share` is the integer
+    fraction of the heavy operators.
     """
     import onnxruntime as ort
 
@@ -214,9 +221,15 @@ def execution_evidence(path: str | Path, providers: list[str] | None = None) -> 
         executed = op_counts(so.optimized_model_filepath)
     integer = {k: v for k, v in executed.items() if k in INTEGER_OPS}
     qdq = {k: v for k, v in executed.items() if k in QDQ_OPS}
-    float_compute = {k: v for k, v in executed.items() if k in ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul")}
-    kernels = "integer" if integer else ("fake-quant" if qdq else "float")
+    float_compute = {k: v for k, v in executed.items() if k in FLOAT_COMPUTE_OPS}
+    n_int = sum(v for k, v in executed.items() if k in INTEGER_COMPUTE_OPS)
+    n_float = sum(float_compute.values())
+    if n_int:
+        kernels = "mixed" if n_float else "integer"
+    else:
+        kernels = "fake-quant" if qdq else "float"
     return {"kernels": kernels, "integer_ops": integer, "qdq_ops": qdq, "float_compute_ops": float_compute,
+            "integer_compute_share": n_int / (n_int + n_float) if n_int + n_float else 0.0,
             "ops_written": written, "ops_executed": executed}
 
 

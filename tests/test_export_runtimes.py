@@ -8,7 +8,6 @@ from torch import nn
 from optlib import export as ox
 from optlib.compilers import InductorConfigPatched, compile_model, torchscript, torchscript_parts
 from optlib.data import PreprocessSpec, preprocess
-from optlib.models import split_model
 from optlib.runners import TorchRunner
 from optlib.runners.onnxruntime import OrtConfig, OrtRunner, make_session
 from tests.helpers import tiny_resnet
@@ -78,11 +77,10 @@ def test_simplification_preserves_outputs(tmp_path, model, images):
 
 
 def test_ort_runner_matches_torch_runner_with_stage_split(tmp_path, model, images):
-    feats, head = split_model(model)
-    x = preprocess(images[:2], SPEC)
-    paths = {}
-    for name, mod, inp in (("model", model, x), ("features", feats, x), ("head", head, feats(x).detach())):
-        paths[name] = ox.export_onnx(mod, inp, tmp_path / f"{name}.onnx").path
+    exports, parts = ox.export_split(model, preprocess(images[:2], SPEC), tmp_path, pattern="{part}.fp32.onnx")
+    assert set(exports) == {"model", "features", "head"} and parts is not None
+    assert exports["head"].path == str(tmp_path / "head.fp32.onnx")
+    paths = {k: e.path for k, e in exports.items()}
     ort = OrtRunner(paths["model"], SPEC, config=OrtConfig(intra_op_threads=1),
                     features_path=paths["features"], head_path=paths["head"])
     pt = TorchRunner(model, SPEC, threads=1)
@@ -93,6 +91,28 @@ def test_ort_runner_matches_torch_runner_with_stage_split(tmp_path, model, image
     np.testing.assert_allclose(staged, a[:4], atol=ox.FP32_TOLERANCE)
     s = ort.settings()
     assert s["providers_active"] == ["CPUExecutionProvider"] and s["allow_spinning"] is False
+
+
+def test_export_split_of_a_model_without_a_head_exports_only_the_full_graph(tmp_path, images):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    exports, parts = ox.export_split(model, preprocess(images[:2], SPEC), tmp_path)
+    assert parts is None and list(exports) == ["model"]
+    x = preprocess(images[:3], SPEC)
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_out(exports["model"].path, x), model(x).numpy(), atol=ox.FP32_TOLERANCE)
+    r = OrtRunner(exports["model"].path, SPEC, config=OrtConfig(intra_op_threads=1))
+    assert r.predict(images[:3]).shape == (3, 2)
+
+
+def test_ort_config_from_params_follows_the_params_and_overrides():
+    from optlib.params import from_dict
+
+    p = from_dict({"bench": {"threads": 3}, "onnx": {"graph_optimization": "basic", "allow_spinning": True,
+                                                     "providers": ["cuda"]}})
+    c = OrtConfig.from_params(p)
+    assert (c.graph_optimization, c.intra_op_threads, c.allow_spinning) == ("basic", 3, True)
+    assert c.providers == ["CUDAExecutionProvider"]
+    assert OrtConfig.from_params(p, graph_optimization="disabled").graph_optimization == "disabled"
 
 
 def test_provider_fallback_is_recorded(tmp_path, model, images):

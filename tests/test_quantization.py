@@ -51,6 +51,7 @@ def test_static_int8_runs_integer_kernels_and_agrees(trained):
     q = qo.quantize_static(t["fp32"], t["dir"] / "q.onnx", ranges, qo.StaticQuantConfig())
     ev = qo.execution_evidence(q)
     assert ev["kernels"] == "integer" and ev["integer_ops"].get("QLinearConv", 0) >= 20
+    assert ev["float_compute_ops"] == {} and ev["integer_compute_share"] == 1.0
     assert ev["ops_written"].get("QuantizeLinear", 0) > 0  # QDQ as written, integer as executed
     assert qo.execution_evidence(t["fp32"])["kernels"] == "float"
     assert ox.onnx_size_bytes(q) < ox.onnx_size_bytes(t["fp32"]) / 3.5
@@ -102,6 +103,9 @@ def test_exclusion_list_removes_exactly_those_nodes(trained, tmp_path):
             if w is None or w.op_type != "DequantizeLinear":
                 float_weight.add(n.name)
     assert float_weight == set(excl)
+    ev = qo.execution_evidence(q)  # as executed: the two kept layers run float kernels, the rest integer
+    assert ev["kernels"] == "mixed" and sum(ev["float_compute_ops"].values()) == 2
+    assert ev["integer_compute_share"] == pytest.approx((len(nodes) - 2) / len(nodes))
 
 
 def test_fx_ptq_and_qat_convert_to_integer_modules(trained):

@@ -28,6 +28,14 @@ class OrtConfig:
     allow_spinning: bool = False
     optimized_model_path: str | None = None  # save the graph after ORT's optimizations
 
+    @classmethod
+    def from_params(cls, params, **overrides) -> "OrtConfig":
+        """The session settings a run's Params ask for (providers, optimisation level, threads,
+        spinning); keyword overrides win, e.g. graph_optimization="basic"."""
+        kw = dict(providers=list(params.onnx.providers), graph_optimization=params.onnx.graph_optimization,
+                  intra_op_threads=params.bench.threads, allow_spinning=params.onnx.allow_spinning)
+        return cls(**{**kw, **overrides})
+
     def __post_init__(self):
         if self.graph_optimization not in OPT_LEVELS:
             raise ValueError(f"onnx.graph_optimization must be one of {OPT_LEVELS}, got {self.graph_optimization!r}")
