@@ -199,7 +199,8 @@ def quantizable_nodes(path: str | Path) -> list[str]:
     return [n.name for n in m.graph.node if n.op_type in QUANTIZABLE_OPS]
 
 
-def execution_evidence(path: str | Path, providers: list[str] | None = None) -> dict:
+def execution_evidence(path: str | Path, providers: list[str] | None = None,
+                       disabled_optimizers: tuple[str, ...] | list[str] | None = None) -> dict:
     """How a quantized graph executes: the operators of the graph as written and after ONNX
     Runtime's optimisations (which fuse QDQ patterns into integer kernels such as QLinearConv).
 
@@ -207,9 +208,12 @@ def execution_evidence(path: str | Path, providers: list[str] | None = None) -> 
     "mixed" when some run in integer and some in float (layers excluded from quantization, or QDQ
     patterns ORT could not fuse), "fake-quant" when only Quantize/Dequantize pairs around float
     kernels remain, "float" when nothing is quantized. `integer_compute_share` is the integer
-    fraction of the heavy operators.
+    fraction of the heavy operators. The session is built as OrtRunner builds it (same disabled
+    optimizers by default), so the evidence describes what the benchmark ran.
     """
     import onnxruntime as ort
+
+    from .runners.onnxruntime import DISABLED_OPTIMIZERS
 
     written = op_counts(path)
     with tempfile.TemporaryDirectory(prefix="optlib-ortopt-") as d:
@@ -217,7 +221,8 @@ def execution_evidence(path: str | Path, providers: list[str] | None = None) -> 
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
         so.log_severity_level = 3
-        ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+        ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"],
+                             disabled_optimizers=list(DISABLED_OPTIMIZERS if disabled_optimizers is None else disabled_optimizers))
         executed = op_counts(so.optimized_model_filepath)
     integer = {k: v for k, v in executed.items() if k in INTEGER_OPS}
     qdq = {k: v for k, v in executed.items() if k in QDQ_OPS}

@@ -16,6 +16,11 @@ from .base import Runner
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
+# ORT's WeightBiasQuantization transformer (1.2x+) quantizes the float weights of any Conv/Gemm that
+# sits between DequantizeLinear and QuantizeLinear, so a layer kept in FP32 with nodes_to_exclude
+# silently runs as QLinearConv again (measured with onnxruntime 1.32). Off by default: the graph
+# runs as written. It changes nothing in graphs without such patterns (FP32, fully quantized).
+DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
 @dataclass
@@ -27,6 +32,7 @@ class OrtConfig:
     # Idle ORT workers spin on the cores and slow the next PyTorch call (platform facts): off by default.
     allow_spinning: bool = False
     optimized_model_path: str | None = None  # save the graph after ORT's optimizations
+    disabled_optimizers: list[str] = field(default_factory=lambda: list(DISABLED_OPTIMIZERS))
 
     @classmethod
     def from_params(cls, params, **overrides) -> "OrtConfig":
@@ -74,7 +80,8 @@ def make_session(path: str | Path, config: OrtConfig):
     if config.optimized_model_path:
         so.optimized_model_filepath = str(config.optimized_model_path)
     usable, reasons = resolve_providers(config.providers)
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=usable)
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=usable,
+                                disabled_optimizers=list(config.disabled_optimizers))
     active = sess.get_providers()
     # onnxruntime-gpu lists CUDA/TensorRT as available even without a GPU, then silently runs on CPU.
     reasons += [f"{p} requested but the session fell back (active: {active})"
@@ -82,7 +89,8 @@ def make_session(path: str | Path, config: OrtConfig):
     settings = {"providers_requested": config.providers, "providers_active": active,
                 "provider_fallback": reasons, "graph_optimization": config.graph_optimization,
                 "intra_op_threads": config.intra_op_threads, "inter_op_threads": config.inter_op_threads,
-                "allow_spinning": config.allow_spinning, "onnxruntime": ort.__version__}
+                "allow_spinning": config.allow_spinning, "disabled_optimizers": list(config.disabled_optimizers),
+                "onnxruntime": ort.__version__}
     return sess, settings
 
 
