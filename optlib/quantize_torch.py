@@ -53,17 +53,18 @@ def untie_block_relus(model: nn.Module) -> nn.Module:
     """Give every torchvision ResNet block its own ReLU module per use (in place).
 
     BasicBlock and Bottleneck call one `self.relu` two or three times; PT2E's X86InductorQuantizer
-    then fails with "Input partition has more than one output node". Weights are unchanged.
+    then fails with "Input partition has more than one output node". Weights are unchanged. The
+    new ReLUs take their block's train/eval mode (FX fusion refuses Conv+BN+ReLU in mixed modes).
     """
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     for m in model.modules():
         if isinstance(m, BasicBlock) and not hasattr(m, "relu_out"):
-            m.relu_out = nn.ReLU(inplace=False)
+            m.relu_out = nn.ReLU(inplace=False).train(m.training)
             m.forward = types.MethodType(_basic_forward, m)
         elif isinstance(m, Bottleneck) and not hasattr(m, "relu_out"):
-            m.relu_mid = nn.ReLU(inplace=False)
-            m.relu_out = nn.ReLU(inplace=False)
+            m.relu_mid = nn.ReLU(inplace=False).train(m.training)
+            m.relu_out = nn.ReLU(inplace=False).train(m.training)
             m.forward = types.MethodType(_bottleneck_forward, m)
     return model
 

@@ -132,6 +132,18 @@ def test_untied_relus_keep_outputs():
             after = qt.untie_block_relus(m)(x)
         torch.testing.assert_close(before, after)
         assert sum(isinstance(mod, torch.nn.ReLU) for mod in m.modules()) > 10
+        assert not any(mod.training for mod in m.modules())  # the new ReLUs follow eval mode
+
+
+def test_fx_static_quantizes_resnet50_bottlenecks():
+    """Bottleneck blocks fuse Conv+BN+ReLU three times per block; every conv must end up integer."""
+    m = build_model("torchvision:resnet50", 3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    q, info = qt.quantize_fx_static(m, x)
+    assert info["kernels"] == "integer" and info["float_modules"] == {}
+    assert sum(v for k, v in info["quantized_modules"].items() if "Conv" in k) == 53  # every ResNet50 conv
+    with torch.no_grad():
+        assert q(x).shape == (4, 3)
 
 
 def test_no_calibration_data_is_a_clear_error(trained, tmp_path):
