@@ -44,8 +44,6 @@ class StaticQuantConfig:
     activation_type: str = "uint8"  # uint8 (fast path on x86) | int8
     weight_type: str = "int8"
     quant_format: str = "QDQ"  # QDQ (fast path) | QOperator
-    percentile: float = 99.999
-    num_bins: int | None = None  # None: entropy 2048 (ORT's 128 makes Entropy == MinMax), percentile 2048
     nodes_to_exclude: list[str] = field(default_factory=list)
     nodes_to_quantize: list[str] | None = None  # None: every quantizable node
 
@@ -69,14 +67,19 @@ class StaticQuantConfig:
         return "-".join(parts)
 
 
-def _ort_enums(config: StaticQuantConfig):
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.method]
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+def _ort_enums(config: StaticQuantConfig):
+    from onnxruntime.quantization import QuantFormat, QuantType
+
     qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     fmt = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}[config.quant_format]
-    return method, qt[config.activation_type], qt[config.weight_type], fmt
+    return _ort_method(config.method), qt[config.activation_type], qt[config.weight_type], fmt
 
 
 def preprocess_model(fp32_path: str | Path, out_path: str | Path) -> Path:
@@ -120,8 +123,8 @@ def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "mi
     if calibration is None or len(calibration) == 0:
         raise CalibrationError("static quantization needs calibration images (from data.train_root or the "
                                "default split's training side); none were given")
-    cfg = StaticQuantConfig(method=method, percentile=percentile, num_bins=num_bins)
-    ort_method = _ort_enums(cfg)[0]
+    if method not in METHODS:
+        raise ValueError(f"quant method must be one of {METHODS}, got {method!r}")
     extra = {}
     if method == "percentile":
         extra["percentile"] = percentile
@@ -136,7 +139,7 @@ def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "mi
     input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="optlib-calib-") as d:
         calibrator = create_calibrator(Path(model_path), [], augmented_model_path=str(Path(d) / "augmented.onnx"),
-                                       calibrate_method=ort_method, extra_options=extra)
+                                       calibrate_method=_ort_method(method), extra_options=extra)
         # ORT's histogram collector stacks per-batch outputs: every batch must have the same size.
         n = len(calibration)
         bs = max(b for b in range(1, min(16, n) + 1) if n % b == 0)
@@ -211,19 +214,15 @@ def execution_evidence(path: str | Path, providers: list[str] | None = None,
     fraction of the heavy operators. The session is built as OrtRunner builds it (same disabled
     optimizers by default), so the evidence describes what the benchmark ran.
     """
-    import onnxruntime as ort
-
-    from .runners.onnxruntime import DISABLED_OPTIMIZERS
+    from .runners.onnxruntime import OrtConfig, make_session
 
     written = op_counts(path)
     with tempfile.TemporaryDirectory(prefix="optlib-ortopt-") as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"],
-                             disabled_optimizers=list(DISABLED_OPTIMIZERS if disabled_optimizers is None else disabled_optimizers))
-        executed = op_counts(so.optimized_model_filepath)
+        config = OrtConfig(providers=providers or ["CPUExecutionProvider"], optimized_model_path=str(Path(d) / "optimized.onnx"))
+        if disabled_optimizers is not None:
+            config.disabled_optimizers = list(disabled_optimizers)
+        make_session(path, config)
+        executed = op_counts(config.optimized_model_path)
     integer = {k: v for k, v in executed.items() if k in INTEGER_OPS}
     qdq = {k: v for k, v in executed.items() if k in QDQ_OPS}
     float_compute = {k: v for k, v in executed.items() if k in FLOAT_COMPUTE_OPS}

@@ -119,6 +119,8 @@ def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Te
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
+    from .models import state_dict_size_bytes
+
     with _quiet():
         m = untie_block_relus(copy.deepcopy(model).eval())
         t0 = time.perf_counter()
@@ -134,11 +136,9 @@ def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Te
         allow_exported_model_train_eval(converted)  # runners call .eval(); exported graphs refuse it otherwise
         q_nodes = sum(1 for n in converted.graph.nodes if "quantize_per" in str(n.target))
         convert_s = time.perf_counter() - t0
-        from .compilers import _raise_recompile_limits
+        from .compilers import InductorConfigPatched, _raise_recompile_limits
 
         _raise_recompile_limits()
-        from .compilers import InductorConfigPatched
-
         compiled = InductorConfigPatched(torch.compile(converted), {"freezing": True})
         t1 = time.perf_counter()
         from torch._inductor.utils import run_and_get_code
@@ -156,7 +156,7 @@ def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Te
                       "size_bytes": referenced["bytes"],
                       "size_method": "bytes of the tensors the converted graph reads (get_attr): "
                                      f"{referenced['int8_tensors']} int8 of {referenced['tensors']}; the module also keeps "
-                                     f"its unused FP32 parameters ({_state_dict_bytes(converted) / 1e6:.1f} MB in all), "
+                                     f"its unused FP32 parameters ({state_dict_size_bytes(converted) / 1e6:.1f} MB saved in all), "
                                      "which torch.export.save would write too"}
 
 
@@ -173,10 +173,6 @@ def graph_constant_bytes(gm: torch.fx.GraphModule) -> dict:
                 seen[id(obj)] = obj
     return {"bytes": sum(t.nbytes for t in seen.values()), "tensors": len(seen),
             "int8_tensors": sum(t.dtype == torch.int8 for t in seen.values())}
-
-
-def _state_dict_bytes(m: nn.Module) -> int:
-    return sum(t.nbytes for t in m.state_dict().values() if isinstance(t, torch.Tensor))
 
 
 # --- dynamic --------------------------------------------------------------------------------

@@ -63,8 +63,7 @@ class GruRunner(Runner):
 
     @torch.inference_mode()
     def extract_features(self, x):
-        out, _ = self.model.gru(x)
-        return out[:, -1]
+        return self.model.features(x)
 
     @torch.inference_mode()
     def classify(self, features) -> np.ndarray:

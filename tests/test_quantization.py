@@ -187,3 +187,19 @@ def test_graph_constant_bytes_counts_only_what_the_graph_reads():
     assert gm(torch.randn(2, 8)).shape == (2, 3)
     got = qt.graph_constant_bytes(gm)
     assert got == {"bytes": 8 * 4 * 4 + 4 * 3 * 1, "tensors": 2, "int8_tensors": 1}
+
+
+def test_dynamic_gru_is_integer_and_its_stages_match_predict():
+    from optlib.seqmodel import DigitsGRU, GruRunner
+
+    torch.manual_seed(0)
+    gru = DigitsGRU(hidden=32, layers=1).eval()
+    q, info = qt.quantize_dynamic(gru)
+    assert info["kernels"] == "integer" and info["float_modules"] == {}
+    assert any(k.endswith("dynamic.modules.rnn.GRU") for k in info["quantized_modules"])
+    imgs = [np.random.default_rng(i).integers(0, 17, (8, 8)).astype(np.uint8) for i in range(6)]
+    for model in (gru, q):
+        r = GruRunner(model, "gru", "fp32", threads=1)
+        np.testing.assert_allclose(r.classify(r.extract_features(r.preprocess(imgs))), r.predict(imgs), atol=1e-6)
+    ref = GruRunner(gru, "a", "fp32").predict(imgs)
+    assert qo.cosine(ref, GruRunner(q, "b", "int8").predict(imgs)) > 0.99
