@@ -10,21 +10,21 @@ import argparse
 import sys
 import time
 
-from . import paths
-from .params import ParamsError
+from .core import paths
+from .core.params import ParamsError
 
 
 def _target(args) -> str:
     """--target when given, else the `target` of --params, else cpu."""
     if args.params and not args.target_given:
-        from .params import load_params
+        from .core.params import load_params
 
         return load_params(args.params).target
     return args.target
 
 
 def cmd_run(args) -> int:
-    from .pipeline import resolve_params, run_notebooks
+    from .core.pipeline import resolve_params, run_notebooks
 
     params, path = resolve_params(args.target, args.params)
     if args.params and args.target_given:
@@ -44,14 +44,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .report import summary
+    from .results.report import summary
 
     print(summary(_target(args), args.format))
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import render_html
+    from .results.report import render_html
 
     out = render_html(_target(args))
     print(f"[optlib] report written to {out}")

@@ -1,14 +1,23 @@
-"""What every notebook does first: validate its parameters, load the data and the model."""
+"""What every notebook does first, and the calls it repeats: validate its parameters, load the data
+and the model, then build the FP32 reference runner, measure, and write skipped records with the
+chapter's data, parameters and name filled in."""
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .data import Dataset, PreprocessSpec, load_dataset
-from .models import ModelInfo, load_model
-from .params import Params, notebook_params
+from .backends.artifacts import eager_artifact
+from .backends.pytorch import TorchRunner
+from .core import paths
+from .core.params import Params, notebook_params
+from .measurement.experiment import Measurement, measure, record_skipped
+from .results.records import Record
+from .workload.data import Dataset, PreprocessSpec, load_dataset, preprocess
+from .workload.models import ModelInfo, load_model, state_dict_size_bytes
 
 
 @dataclass
@@ -26,6 +35,50 @@ class Chapter:
                 f"{len(d.test)} test images, {d.num_classes} classes, {len(d.skipped)} unreadable files "
                 f"skipped; model: {self.model_info.arch} ({self.model_info.parameters / 1e6:.2f} M parameters, "
                 f"{self.model_info.source}); image size {p.data.image_size}")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """outputs/<target>/artifacts/<chapter number>/, created."""
+        d = paths.target_dir(self.params.target) / "artifacts" / self.notebook.split("_")[0]
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def figure_path(self, name: str) -> Path:
+        return paths.figures_dir(self.params.target) / f"{self.notebook.split('_')[0]}_{name}.png"
+
+    def sample(self, n: int = 2) -> torch.Tensor:
+        """The first `n` evaluated images, preprocessed: the example input for export and compilers."""
+        return preprocess(self.dataset.test.images[:n], self.spec)
+
+    def eager_runner(self, name: str = "pytorch-fp32", channels_last: bool = False,
+                     technique: str = "baseline") -> TorchRunner:
+        """PyTorch eager FP32 of the chapter's model, with its size and the artifact it reloads from."""
+        r = TorchRunner(self.model, self.spec, name=name, device=self.params.device, threads=self.params.bench.threads,
+                        channels_last=channels_last, technique=technique)
+        return r.describe(size_bytes=state_dict_size_bytes(self.model),
+                          artifact=eager_artifact(self.model_info, self.spec, channels_last))
+
+    def measure(self, runners, **kwargs) -> Measurement:
+        """measurement.experiment.measure on this chapter's evaluated images (see there for kwargs)."""
+        t = self.dataset.test
+        return measure(runners, t.images, t.labels, self.dataset.class_names, self.params, self.notebook,
+                       data_summary=self.dataset.summary(), **kwargs)
+
+    def skip(self, name: str, technique: str, backend: str, precision: str, reason: str, **kwargs) -> Record:
+        """Write the record of a configuration that cannot run here, with its reason."""
+        return record_skipped(self.params, self.notebook, name, technique, backend, precision, reason, **kwargs)
+
+    def attempt(self, name: str, technique: str, backend: str, precision: str, build, *args, **kwargs):
+        """`build(*args, **kwargs)`, or, when it raises, a `failed` record with the error and its
+        traceback, and None: one technique that breaks on a model does not end the chapter."""
+        try:
+            return build(*args, **kwargs)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            self.skip(name, technique, backend, precision, f"{type(e).__name__}: {first}", status="failed",
+                      extra={"traceback": traceback.format_exc()[-3000:]})
+            print(f"{name} failed ({type(e).__name__}: {first}); recorded as failed, the chapter goes on")
+            return None
 
 
 def setup(notebook: str, params_file: str | None = None, progress: bool = True, **sections) -> Chapter:

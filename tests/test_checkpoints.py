@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from optlib.models import CheckpointError, build_model, load_checkpoint_into, split_model
+from optlib.workload.models import CheckpointError, build_model, load_checkpoint_into, split_model
 from tests.helpers import tiny_resnet
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optlib.data import DataError, PreprocessSpec, load_dataset, load_image_folder, preprocess
-from optlib.params import from_dict
+from optlib.workload.data import DataError, PreprocessSpec, load_dataset, load_image_folder, preprocess
+from optlib.core.params import from_dict
 from tests.helpers import write_image_folder
 
 

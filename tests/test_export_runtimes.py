@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from optlib import export as ox
-from optlib.compilers import InductorConfigPatched, compile_model, torchscript, torchscript_parts
-from optlib.data import PreprocessSpec, preprocess
-from optlib.runners import TorchRunner
-from optlib.runners.onnxruntime import OrtConfig, OrtRunner, make_session
+from optlib.techniques import onnx_export as ox
+from optlib.techniques.compilers import InductorConfigPatched, compile_model, torchscript, torchscript_parts
+from optlib.workload.data import PreprocessSpec, preprocess
+from optlib.backends import TorchRunner
+from optlib.backends.onnxruntime import OrtConfig, OrtRunner, make_session
 from tests.helpers import tiny_resnet
 
 SPEC = PreprocessSpec(32, [0.5] * 3, [0.25] * 3)
@@ -105,7 +105,7 @@ def test_export_split_of_a_model_without_a_head_exports_only_the_full_graph(tmp_
 
 
 def test_ort_config_from_params_follows_the_params_and_overrides():
-    from optlib.params import from_dict
+    from optlib.core.params import from_dict
 
     p = from_dict({"bench": {"threads": 3}, "onnx": {"graph_optimization": "basic", "allow_spinning": True,
                                                      "providers": ["cuda"]}})
@@ -150,11 +150,53 @@ def test_torchscript_reloaded_matches_eager(tmp_path, model, images):
     assert scripted.method == "script" and scripted.script_error is None
 
 
-def test_compile_freezing_matches_eager(model, images):
-    x = preprocess(images[:1], SPEC)
-    c = compile_model(model, "freezing", x, measure_cold=False)
-    assert c.options["freezing"] is True and all(v > 0 for v in c.compile_seconds.values())
-    assert isinstance(c.module, InductorConfigPatched) and c.module.patch == {"freezing": True}
-    r = TorchRunner(c.module, SPEC, threads=1)
-    np.testing.assert_allclose(r.predict(images[:1]), TorchRunner(model, SPEC, threads=1).predict(images[:1]),
-                               atol=1e-4)
+def test_compile_one_mode_per_process_matches_eager(model, images):
+    """compiled_runners compiles the first mode only (dynamo would reuse its graph for a second)."""
+    from optlib.results.values import Artifact
+    from optlib.techniques.compilers import compiled_runners
+
+    eager_art = Artifact("pytorch", {}, {"arch": "torchvision:resnet18", "num_classes": 3}, SPEC.to_dict())
+    samples = {1: preprocess(images[:1], SPEC), 4: preprocess(images[:4], SPEC)}
+    (r,), skipped = compiled_runners(model, eager_art, ["freezing", "default"], samples, threads=1, measure_cold=False)
+    assert r.name == "compile-fp32-freezing" and skipped[0][0] == "compile-fp32"
+    assert "only one torch.compile mode per process" in skipped[0][1] and "compile_modes: [default]" in skipped[0][1]
+    assert isinstance(r.model, InductorConfigPatched) and r.model.patch == {"freezing": True}
+    assert set(r.one_time_cost_seconds) == {"compile bs=1", "recompile bs=4", "compile features part"}
+    assert all(v > 0 for v in r.one_time_cost_seconds.values())
+    assert r.artifact.kind == "torch-compile" and r.artifact.options["mode"] == "freezing"
+    ref = TorchRunner(model, SPEC, threads=1)
+    np.testing.assert_allclose(r.predict(images[:1]), ref.predict(images[:1]), atol=1e-4)
+    np.testing.assert_allclose(r.classify(r.extract_features(r.preprocess(images[:4]))), ref.predict(images[:4]), atol=1e-4)
+
+
+def test_check_outputs_and_runtime_graphs(tmp_path, model, images):
+    from optlib.measurement.metrics import check_outputs
+
+    eager = TorchRunner(model, SPEC, threads=1)
+    g = ox.runtime_graphs(model, preprocess(images[:2], SPEC), tmp_path, ox.ExportConfig(), simplify=True,
+                          reference=eager, ort_config=OrtConfig(intra_op_threads=1), images=images, batch_sizes=[1, 5])
+    assert set(g.paths) == {"model", "features", "head"} and g.parts is not None
+    assert g.simplified and g.paths["model"].endswith("model.slim.onnx")
+    assert list(g.output_checks["export"].index) == [1, 5] and (g.output_checks["export"]["top1_agreement"] == 1).all()
+    assert g.validation["checker"].startswith("ok") and g.info()["opset_written"] == 18
+    # a runner that is off by a constant is caught at every batch size
+    shifted = TorchRunner(model, SPEC, threads=1)
+    shifted.predict = lambda batch: eager.predict(batch) + 0.5
+    diffs = check_outputs(shifted, eager, images, [1, 3])["max_abs_diff"]
+    np.testing.assert_allclose(diffs.to_numpy(), [0.5, 0.5], atol=1e-6)
+
+
+def test_ort_runners_one_per_optimisation_level(tmp_path, model, images):
+    from optlib.core.params import from_dict
+    from optlib.techniques.onnx_runtime import ort_runners
+
+    eager = TorchRunner(model, SPEC, threads=1)
+    g = ox.runtime_graphs(model, preprocess(images[:2], SPEC), tmp_path, ox.ExportConfig(), simplify=False,
+                          reference=eager, ort_config=OrtConfig(intra_op_threads=1), images=images, batch_sizes=[2])
+    p = from_dict({"bench": {"threads": 1}, "onnx": {"graph_optimization": "extended"}})
+    assert [r.name for r in ort_runners(g, SPEC, p)] == ["onnxruntime-fp32", "onnxruntime-fp32-opt-disabled",
+                                                          "onnxruntime-fp32-opt-basic", "onnxruntime-fp32-opt-all"]
+    p.onnx.compare_optimization_levels = False
+    (r,) = ort_runners(g, SPEC, p)
+    assert r.settings()["graph_optimization"] == "extended" and set(r.one_time_cost_seconds) == {"export", "session creation"}
+    np.testing.assert_allclose(r.predict(images), eager.predict(images), atol=ox.FP32_TOLERANCE)

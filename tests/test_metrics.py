@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from optlib.metrics import classification_metrics, fidelity, softmax
+from optlib.measurement.metrics import classification_metrics, fidelity, softmax
 
 
 def test_multiclass_matches_sklearn():
@@ -53,13 +53,13 @@ def test_fidelity_counts_flips_and_paired_delta():
     right = np.flatnonzero(ref_pred == labels)[:5]
     cand[right, (labels[right] + 1) % 3] += 10
     f = fidelity(cand, ref, labels, "ref")
-    assert f["flips"] == 15 and f["flips_now_correct"] == 10 and f["flips_now_wrong"] == 5
-    assert f["top1_agreement"] == pytest.approx(1 - 15 / 200)
-    assert f["accuracy_delta"] == pytest.approx(5 / 200)
-    lo, hi = f["accuracy_delta_ci95"]
+    assert f.flips == 15 and f.flips_now_correct == 10 and f.flips_now_wrong == 5
+    assert f.top1_agreement == pytest.approx(1 - 15 / 200)
+    assert f.accuracy_change == pytest.approx(5 / 200)
+    lo, hi = f.accuracy_change_ci95
     assert lo <= 5 / 200 <= hi
-    assert f["max_abs_diff"] == pytest.approx(10)
+    assert f.max_abs_diff == pytest.approx(10)
     same = fidelity(ref, ref, labels, "ref")
-    assert same["flips"] == 0 and same["accuracy_delta_ci95"] == [0.0, 0.0]
+    assert same.flips == 0 and same.accuracy_change_ci95 == (0.0, 0.0)
     with pytest.raises(ValueError, match="shape"):
         fidelity(ref[:10], ref, labels, "ref")

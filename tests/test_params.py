@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from optlib.params import ParamsError, from_dict, load_params, notebook_params
-from optlib import paths
+from optlib.core.params import ParamsError, from_dict, load_params, notebook_params
+from optlib.core import paths
 
 
 @pytest.mark.parametrize("target", ["cpu", "cuda", "smoke", "resnet50-cpu"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from optlib import paths
+from optlib.core import paths
 from tests.helpers import tiny_resnet, write_image_folder
 from tests.test_checkpoints import lightning_ckpt
 
@@ -27,10 +27,10 @@ def read_record(out_root, target, name):
     return json.loads((out_root / target / "results" / f"{name}.json").read_text())
 
 
-def test_smoke_pipeline_writes_records_and_report(tmp_path):
+def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     run_cli(["run", "--params", "params/smoke.yaml"], tmp_path)
     rec = read_record(tmp_path, "smoke", "pytorch-fp32")
-    assert rec["schema"] == "optlib.result/1" and rec["status"] == "ok" and rec["notebook"] == "01_baseline"
+    assert rec["schema"] == "optlib.result/2" and rec["status"] == "ok" and rec["notebook"] == "01_baseline"
     assert rec["backend"] == "pytorch" and rec["precision"] == "fp32" and rec["fidelity"] is None
     assert rec["device"]["kind"] == "cpu" and rec["device"]["threads"] == 2 and rec["batch_size"] == 1
     smoke = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())["bench"]
@@ -38,16 +38,30 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path):
         s = rec["latency_ms"][stage]
         assert s["count"] == smoke["samples"] * smoke["trials"] and s["ci95"][0] <= s["median"] <= s["ci95"][1]
         assert "p99" in s["low_confidence"]  # 36 samples cannot support a p99
-    assert set(rec["throughput_per_s"]) == {"1", "8"}
+    assert set(rec["throughput"]) == {"1", "8"}
     assert rec["accuracy"]["n"] == 120 and len(rec["accuracy"]["confusion_matrix"]) == 10
-    assert rec["size_bytes"] > 40e6 and rec["peak_memory_bytes"] > 0
+    assert rec["size_bytes"] > 40e6 and rec["memory"]["peak_bytes"] > rec["memory"]["resting_bytes"] > 0
     assert rec["environment"]["versions"]["torch"].startswith("2.14.1")
     assert rec["extra"]["stage_split"] and rec["extra"]["stage_split_max_abs_diff"] < 1e-4
-    nf = rec["extra"]["noise_floor"]
-    assert nf["ci95"][0] <= nf["same_vs_same_ratio"] <= nf["ci95"][1]
-    assert nf["twin_fidelity"]["flips"] == 0 and nf["twin_fidelity"]["max_abs_diff"] == 0.0
-    for nb in ("00_data_and_model", "01_baseline", "99_comparison"):
+    nf = rec["noise_floor"]
+    assert nf["paired"]["ci95"][0] <= nf["paired"]["value"] <= nf["paired"]["ci95"][1]
+    assert nf["twin_flips"] == 0 and nf["twin_max_abs_diff"] == 0.0
+    for nb in ("00_data_and_model", "01_baseline", "02_onnx_and_compilers", "04_int8_ptq", "04b_int8_studies",
+               "05_int8_qat", "99_comparison"):
         assert (tmp_path / "smoke" / "notebooks" / f"{nb}.ipynb").is_file()
+    # every record reads back typed; every measured configuration was rebuilt from its artifact in a
+    # child process (its memory was measured there), and carries same-run speed-ups
+    from optlib.results.records import load_records
+
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
+    records = load_records("smoke")
+    measured = [r for r in records if r.ok]
+    assert not [r.reason for r in records if r.status == "failed"]
+    assert {"onnxruntime-int8-static-minmax", "pytorch-int8-static", "pt2e-int8", "torchscript-fp32", "compile-fp32",
+            "qat-int8"} <= {r.name for r in measured}
+    assert all(r.artifact is not None and r.memory is not None for r in measured), \
+        {r.name: r.extra.get("memory_not_measured") for r in measured if r.memory is None}
+    assert all(r.speedups for r in measured)
     html = (tmp_path / "smoke" / "report.html").read_text()
     assert "pytorch-fp32" in html and "data:image/png;base64" in html
     assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()
@@ -105,4 +119,4 @@ def test_cli_bad_params_is_one_clear_line(tmp_path):
     p = run_cli(["run", "--params", str(f)], tmp_path, check=False)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [f"error: {f}: unknown key 'bench.sampels' (known keys: "
-                                             "batch_sizes, eval_batch_size, samples, settle_s, threads, trials, warmup)"]
+                                             "batch_sizes, eval_batch_size, memory, samples, settle_s, threads, trials, warmup)"]

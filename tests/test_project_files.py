@@ -6,7 +6,7 @@ import tomllib
 import pytest
 import yaml
 
-from optlib import paths
+from optlib.core import paths
 
 
 def _name(req: str) -> str:
@@ -55,7 +55,7 @@ def test_parameters_cell_names_every_params_section(nb):
     """papermill injects every top-level key of Params; the notebook must define and pass them all."""
     import dataclasses
 
-    from optlib.params import Params
+    from optlib.core.params import Params
 
     cells = json.loads(nb.read_text())["cells"]
     cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
@@ -66,3 +66,32 @@ def test_parameters_cell_names_every_params_section(nb):
     source = "".join("".join(c["source"]) for c in cells)
     for f in fields:
         assert f"{f}={f}" in source, f"{nb.name}: never passes `{f}={f}` to optlib"
+
+
+READING_WORDS_PER_MINUTE = 250
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_chapter_defines_nothing_and_reads_in_five_minutes(nb):
+    """Logic lives in optlib, where it is tested: a chapter is question, parameters, a few calls,
+    table, figure, discussion."""
+    import ast
+    import re
+
+    cells = json.loads(nb.read_text())["cells"]
+    for c in cells:
+        if c["cell_type"] == "code":
+            defined = [type(n).__name__ for n in ast.walk(ast.parse("".join(c["source"])))
+                       if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            assert not defined, f"{nb.name}: a cell defines {defined}; move that logic into optlib with a test"
+    words = sum(len(re.findall(r"\w+", "".join(c["source"]))) for c in cells
+                if "parameters" not in c.get("metadata", {}).get("tags", []))
+    assert words <= 5 * READING_WORDS_PER_MINUTE, f"{nb.name}: {words} words, longer than a five-minute read"
+
+
+def test_pipeline_lists_chapters_in_order_with_second_parts():
+    from optlib.core.pipeline import list_notebooks
+
+    names = [p.stem for p in list_notebooks()]
+    assert names == sorted(names) and names.index("04_int8_ptq") + 1 == names.index("04b_int8_studies")
+    assert [p.stem for p in list_notebooks(["04"])] == ["04_int8_ptq", "04b_int8_studies"]

@@ -8,15 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from optlib import export as ox
-from optlib import quantize_onnx as qo
-from optlib import quantize_torch as qt
-from optlib.data import PreprocessSpec, calibration_set, load_dataset, preprocess
-from optlib.models import build_model, train_classifier
-from optlib.params import from_dict
-from optlib.report import fastest_within_budget
-from optlib.runners import TorchRunner, evaluate
-from optlib.runners.onnxruntime import OrtConfig, OrtRunner
+from optlib.techniques import onnx_export as ox
+from optlib.techniques import int8_onnx as qo
+from optlib.techniques import int8_torch as qt
+from optlib.workload.data import CalibrationError, PreprocessSpec, calibration_set, load_dataset, preprocess
+from optlib.workload.models import build_model, train_classifier
+from optlib.core.choices import CALIBRATION_METHODS
+from optlib.core.params import from_dict
+from optlib.results.compare import fastest_within_budget
+from optlib.backends import TorchRunner, evaluate
+from optlib.backends.onnxruntime import OrtConfig, OrtRunner
 
 # A quantized ResNet18 on the default digits must agree with FP32 on at least this share of
 # test predictions with MinMax calibration (observed: 99.5% at 32x32 after 5 epochs; an undertrained
@@ -76,11 +77,11 @@ def _scales(path) -> dict:
 def test_calibration_methods_give_different_scales(trained):
     t = trained
     calib = t["calib"].numpy()[:37]  # not a multiple of the reader batch: histogram methods once failed on it
-    r = {m: qo.calibrate(t["fp32"], calib, m) for m in qo.METHODS}
-    s = {m: qo.ranges_summary(r[m]) for m in qo.METHODS}
+    r = {m: qo.calibrate(t["fp32"], calib, m) for m in CALIBRATION_METHODS}
+    s = {m: qo.ranges_summary(r[m]) for m in CALIBRATION_METHODS}
     assert s["minmax"] != s["entropy"] and s["minmax"] != s["percentile"] and s["entropy"] != s["percentile"]
     # minmax covers every observed value: the other methods clip, so their ranges are never wider
-    widths = {m: np.mean([hi - lo for lo, hi in s[m].values()]) for m in qo.METHODS}
+    widths = {m: np.mean([hi - lo for lo, hi in s[m].values()]) for m in CALIBRATION_METHODS}
     assert widths["entropy"] < widths["minmax"] and widths["percentile"] < widths["minmax"]
     paths = {m: qo.quantize_static(t["fp32"], t["dir"] / f"{m}.onnx", r[m], qo.StaticQuantConfig(method=m)) for m in ("minmax", "entropy")}
     assert _scales(paths["minmax"]) != _scales(paths["entropy"])  # not ORT's silent MinMax fallback
@@ -148,23 +149,28 @@ def test_fx_static_quantizes_resnet50_bottlenecks():
 
 def test_no_calibration_data_is_a_clear_error(trained, tmp_path):
     t = trained
-    with pytest.raises(qo.CalibrationError, match="calibration images"):
+    with pytest.raises(CalibrationError, match="calibration images"):
         qo.calibrate(t["fp32"], np.empty((0, 3, 32, 32), np.float32))
     no_train = dataclasses.replace(t["ds"], train=None)
-    with pytest.raises(qo.CalibrationError, match="data.train_root"):
+    with pytest.raises(CalibrationError, match="data.train_root"):
         calibration_set(no_train, 10, 0)
-    with pytest.raises(qo.CalibrationError):
+    with pytest.raises(CalibrationError):
         qt.quantize_fx_static(t["model"], torch.empty(0, 3, 32, 32))
 
 
 def test_fastest_within_budget_uses_the_interval():
-    def rec(p50, delta, lo, hi):
-        return {"latency_ms": {"total": {"median": p50}},
-                "fidelity": {"accuracy_delta": delta, "accuracy_delta_ci95": [lo, hi], "flips": 1}}
+    from optlib.measurement.stats import summarize
+    from optlib.results.records import Record
+    from optlib.results.values import Fidelity
 
-    records = {"fast-risky": rec(1.0, -0.002, -0.012, 0.004),  # point inside 0.5%, interval not
-               "mid-safe": rec(2.0, 0.0, -0.004, 0.004),
-               "slow-safe": rec(3.0, 0.0, -0.001, 0.001)}
+    def rec(name, p50, delta, lo, hi):
+        return Record("t", "04", name, "quantization", "onnxruntime", "int8",
+                      latency_ms={"total": summarize(np.full(5, p50))},
+                      fidelity=Fidelity("ref", 1.0, 1, 0.01, 0, 1, 0.1, 0.01, delta, (lo, hi)))
+
+    records = {"fast-risky": rec("fast-risky", 1.0, -0.002, -0.012, 0.004),  # point inside 0.5%, interval not
+               "mid-safe": rec("mid-safe", 2.0, 0.0, -0.004, 0.004),
+               "slow-safe": rec("slow-safe", 3.0, 0.0, -0.001, 0.001)}
     best, table = fastest_within_budget(records, 0.005, list(records))
     assert best == "mid-safe"
     assert table.loc["fast-risky", "point_within_budget"] and not table.loc["fast-risky", "within_budget"]
@@ -190,7 +196,8 @@ def test_graph_constant_bytes_counts_only_what_the_graph_reads():
 
 
 def test_dynamic_gru_is_integer_and_its_stages_match_predict():
-    from optlib.seqmodel import DigitsGRU, GruRunner
+    from optlib.backends.pytorch import GruRunner
+    from optlib.workload.seqmodel import DigitsGRU
 
     torch.manual_seed(0)
     gru = DigitsGRU(hidden=32, layers=1).eval()
@@ -203,3 +210,54 @@ def test_dynamic_gru_is_integer_and_its_stages_match_predict():
         np.testing.assert_allclose(r.classify(r.extract_features(r.preprocess(imgs))), r.predict(imgs), atol=1e-6)
     ref = GruRunner(gru, "a", "fp32").predict(imgs)
     assert qo.cosine(ref, GruRunner(q, "b", "int8").predict(imgs)) > 0.99
+
+
+def test_calibration_study_and_range_widths(trained):
+    from optlib.techniques.int8_studies import calibration_study, range_widths
+
+    t = trained
+    graphs = qo.Fp32Graphs({"model": t["fp32"]}, None, t["dir"], 0.0)
+    study = calibration_study(graphs, t["ds"], t["spec"], qo.StaticQuantConfig(), OrtConfig(intra_op_threads=2), t["ref"],
+                              methods=["minmax", "entropy"], sizes=[1, 32], seeds=[0, 1])
+    assert len(study) == 8 and set(study["size"]) == {1, 32}
+    one = study[(study["method"] == "minmax") & (study["size"] == 1)]
+    assert one["mean_range_width"].nunique() == 2  # another draw, other ranges
+    by = study.groupby(["method", "size"])["mean_range_width"].mean()
+    assert by["entropy", 32] < by["minmax", 32]  # entropy clips, minmax covers every value seen
+    assert (study["flips"] <= len(t["ds"].test)).all() and study["sqnr_db"].notna().all()
+    cal = {m: qo.calibrate_graphs(graphs, t["calib"], m) for m in ("minmax", "percentile")}
+    widths = range_widths(cal)
+    assert widths.loc["percentile", "mean_range_width"] < widths.loc["minmax", "mean_range_width"]
+
+
+def test_layer_sensitivity_ranks_every_layer_and_exclusions_follow_it(trained):
+    from optlib.techniques.int8_studies import exclusion_runners, layer_sensitivity
+
+    t = trained
+    graphs = qo.Fp32Graphs({"model": t["fp32"]}, None, t["dir"], 0.0)
+    cal = qo.calibrate_graphs(graphs, t["calib"], "minmax")
+    cfg, ort = qo.StaticQuantConfig(), OrtConfig(intra_op_threads=2)
+    images, labels = t["ds"].test.images[:64], t["ds"].test.labels[:64]
+    sens = layer_sensitivity(graphs, cal, cfg, t["spec"], ort, images, labels, t["ref"][:64])
+    heavy = [n.name for n in onnx.load(str(t["fp32"])).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert sorted(sens["node"]) == sorted(heavy) and sens["sqnr_db"].is_monotonic_increasing
+    # every layer quantized at once adds more error than the least sensitive one alone
+    full = qo.quantize_static(t["fp32"], t["dir"] / "full.onnx", cal.ranges["model"], cfg)
+    assert qo.sqnr_db(t["ref"][:64], evaluate(OrtRunner(full, t["spec"], config=ort), images)) < sens["sqnr_db"].max()
+    (r,) = exclusion_runners(graphs, cal, cfg, sens, [2], t["spec"], ort)
+    assert r.name == "onnxruntime-int8-static-minmax-excl2" and r.kernels.label == "mixed"
+    assert qo.read_exclusion_list(r.details["exclusion_list"]) == sens["node"].head(2).tolist()
+    assert r.kernels.share == pytest.approx((len(heavy) - 2) / len(heavy))
+
+
+def test_static_quant_config_from_params_and_one_declaration_of_choices():
+    from optlib.core.params import ParamsError
+
+    p = from_dict({"quant": {"method": "percentile", "per_channel": False, "activation_type": "int8"}})
+    c = qo.StaticQuantConfig.from_params(p, quant_format="QOperator")
+    assert (c.method, c.per_channel, c.activation_type, c.quant_format) == ("percentile", False, "int8", "QOperator")
+    assert c.label() == "percentile-per_tensor-qoperator-s8s8"
+    with pytest.raises(ParamsError, match=r"'quant.methods' must be one of minmax, entropy, percentile, got 'kl'"):
+        from_dict({"quant": {"methods": ["minmax", "kl"]}})
+    with pytest.raises(ValueError, match="'quant.method' must be one of minmax, entropy, percentile"):
+        qo.StaticQuantConfig(method="kl")

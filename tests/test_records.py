@@ -1,9 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 
-from optlib import records
-from optlib.records import Record, load_records, write_record
+from optlib.measurement.stats import summarize
+from optlib.results import records
+from optlib.results.records import Record, load_records, write_record
+from optlib.results.values import Artifact, Fidelity, Kernels, LatencySummary, Memory, Ratio
 
 
 def rec(name="pytorch-fp32", **kw):
@@ -13,16 +16,30 @@ def rec(name="pytorch-fp32", **kw):
 
 def test_round_trip_and_schema(monkeypatch, tmp_path):
     monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
-    path = write_record(rec(latency_ms={"total": {"median": 1.5, "p95": float("nan")}}))
+    latency = summarize([np.array([1.0, 1.5, 2.0])])
+    latency.p95 = float("nan")
+    full = rec(latency_ms={"total": latency}, batch_size=1,
+               speedups=[Ratio(2.0, (1.8, 2.2), "pytorch-fp32", "paired", 20, "latency", 1)],
+               fidelity=Fidelity("pytorch-fp32", 0.99, 1, 0.01, 1, 0, 0.3, 0.01, 0.002, (-0.001, 0.004)),
+               kernels=Kernels("mixed", 0.95, "integer share", {"integer_ops": {"QLinearConv": 19}}),
+               memory=Memory(300_000_000, 250_000_000, "child ru_maxrss", [1, 32]),
+               artifact=Artifact("onnxruntime", {"model": "artifacts/02/model.onnx"}, {"config": {}}),
+               one_time_cost_seconds={"export": 1.5})
+    path = write_record(full)
     data = json.loads(path.read_text())
     assert path == tmp_path / "t" / "results" / "pytorch-fp32.json"
-    assert data["schema"] == records.SCHEMA and data["status"] == "ok"
+    assert data["schema"] == records.SCHEMA == "optlib.result/2" and data["status"] == "ok"
     assert data["latency_ms"]["total"]["p95"] is None  # NaN is written as null, never invalid JSON
     for field in ("target", "notebook", "name", "technique", "backend", "precision", "status", "reason",
-                  "device", "batch_size", "latency_ms", "throughput_per_s", "size_bytes",
-                  "peak_memory_bytes", "accuracy", "fidelity", "environment"):
+                  "device", "batch_size", "latency_ms", "throughput", "speedups", "size_bytes",
+                  "memory", "accuracy", "fidelity", "kernels", "one_time_cost_seconds", "artifact", "environment"):
         assert field in data
-    assert [r["name"] for r in load_records("t")] == ["pytorch-fp32"]
+    (back,) = load_records("t")
+    assert isinstance(back, Record) and isinstance(back.latency, LatencySummary) and back.latency.median == 1.5
+    assert back.speedup("pytorch-fp32") == full.speedups[0] and back.speedup("other") is None
+    assert back.fidelity == full.fidelity and back.kernels == full.kernels and back.memory == full.memory
+    assert back.memory.above_resting_bytes == 50_000_000 and back.artifact == full.artifact
+    assert back.to_dict() == json.loads(json.dumps(back.to_dict()))  # plain JSON values only
 
 
 def test_atomic_write_keeps_old_file_on_failure(monkeypatch, tmp_path):
@@ -32,7 +49,7 @@ def test_atomic_write_keeps_old_file_on_failure(monkeypatch, tmp_path):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(records.json, "dump", boom)
+    monkeypatch.setattr("optlib.core.io.json.dump", boom)
     with pytest.raises(RuntimeError):
         write_record(rec(size_bytes=2))
     assert json.loads(path.read_text())["size_bytes"] == 1
@@ -51,6 +68,10 @@ def test_unreadable_record_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
     write_record(rec())
     (tmp_path / "t" / "results" / "half.json").write_text('{"schema": "optlib.res')
-    out = {r["name"]: r for r in load_records("t")}
-    assert out["pytorch-fp32"]["status"] == "ok"
-    assert out["half"]["status"] == "failed" and "unreadable record" in out["half"]["reason"]
+    old = rec(name="old").to_dict()
+    old["schema"] = "optlib.result/1"
+    (tmp_path / "t" / "results" / "old.json").write_text(json.dumps({**old, "notebook": "02_onnx_and_compilers"}))
+    out = {r.name: r for r in load_records("t")}
+    assert out["pytorch-fp32"].status == "ok"
+    assert out["half"].status == "failed" and "unreadable record" in out["half"].reason
+    assert out["old"].status == "failed" and "rerun notebook 02_onnx_and_compilers" in out["old"].reason

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from optlib import bench
-from optlib.data import PreprocessSpec, preprocess
-from optlib.experiment import stage_split_error
-from optlib.params import BenchParams
-from optlib.runners import TorchRunner, evaluate
+from optlib.measurement import timing
+from optlib.workload.data import PreprocessSpec, preprocess
+from optlib.measurement.experiment import stage_split_error
+from optlib.core.params import BenchParams
+from optlib.backends import TorchRunner, evaluate
 from tests.helpers import tiny_resnet
 
 SPEC = PreprocessSpec(32, [0.5] * 3, [0.25] * 3)
@@ -43,23 +43,38 @@ def test_latency_and_throughput_shapes(images):
     r1 = TorchRunner(tiny_resnet(2), SPEC, name="a", threads=1)
     r2 = TorchRunner(tiny_resnet(2), SPEC, name="b", threads=1)
     cfg = BenchParams(warmup=1, samples=7, trials=2, batch_sizes=[1, 4], threads=1, settle_s=0.0)
-    lat, samples = bench.latency([r1, r2], images, cfg, progress=False, return_samples=True)
+    samples = timing.latency([r1, r2], images, cfg, progress=False)
     for name in ("a", "b"):
-        assert set(lat[name]) == set(bench.STAGES)
-        assert lat[name]["total"]["count"] == 14 and lat[name]["total"]["trials"] == 2
+        assert set(samples[name]) == set(timing.STAGES)
         assert len(samples[name]["total"]) == 2 and all(len(t) == 7 for t in samples[name]["total"])
         assert all(v > 0 for t in samples[name]["feature_extraction"] for v in t)
-    thr = bench.throughput([r1], images, cfg, progress=False)
-    assert set(thr["a"]) == {"1", "4"}
-    t4 = thr["a"]["4"]
-    assert t4["images_per_s"] == pytest.approx(4000.0 / t4["latency_ms"]["median"])
+    thr = timing.throughput([r1], images, cfg, progress=False)
+    assert set(thr) == {1, 4}
+    assert len(thr[4]["a"]) == 2 and all(len(t) == 5 for t in thr[4]["a"])  # max(5, 7 // 4) batches per trial
+
+
+def test_settle_pause_only_after_another_backend(monkeypatch):
+    slept = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: slept.append(s))
+
+    class R:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def activate(self):
+            pass
+
+    settler = timing._Settler(0.5)
+    for backend in ("pytorch", "pytorch", "onnxruntime", "onnxruntime", "pytorch"):
+        settler.before(R(backend))
+    assert slept == [0.5, 0.5]
 
 
 def test_alternating_block_order():
-    names = [[r for r in bench._alternating(["A", "B", "C"], t)] for t in range(3)]
+    names = [[r for r in timing._alternating(["A", "B", "C"], t)] for t in range(3)]
     assert names == [["A", "B", "C"], ["C", "B", "A"], ["A", "B", "C"]]
 
 
 def test_same_inputs_cycle():
     imgs = [np.full((2, 2), i, dtype=np.uint8) for i in range(5)]
-    assert [int(b[0][0, 0]) for b in (bench._batch_at(imgs, i, 2) for i in range(4))] == [0, 2, 4, 1]
+    assert [int(b[0][0, 0]) for b in (timing._batch_at(imgs, i, 2) for i in range(4))] == [0, 2, 4, 1]

@@ -16,11 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .params import DataParams, Params
+from ..core.params import DataParams, Params
 
 
 class DataError(ValueError):
     """The image folder is unusable (missing, empty class, no images)."""
+
+
+class CalibrationError(ValueError):
+    """Calibration (static INT8) was asked for without images from the training side."""
 
 
 @dataclass
@@ -37,6 +41,10 @@ class PreprocessSpec:
     @property
     def channels(self) -> int:
         return 3 if self.grayscale_to_rgb or len(self.mean) == 3 else 1
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "grayscale_to_rgb": self.grayscale_to_rgb}
 
 
 @dataclass
@@ -60,6 +68,14 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def class_balance(self):
+        """Images per class on the evaluated and the training side (a DataFrame, one row per class)."""
+        import pandas as pd
+
+        sides = {"test": self.test} if self.train is None else {"test": self.test, "train": self.train}
+        return pd.DataFrame({k: np.bincount(v.labels, minlength=self.num_classes) for k, v in sides.items()},
+                            index=self.class_names)
 
     def summary(self) -> dict:
         counts = np.bincount(self.test.labels, minlength=self.num_classes)
@@ -214,10 +230,8 @@ def batches(images: list[np.ndarray], batch_size: int):
 def calibration_set(dataset: Dataset, size: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """`size` raw images drawn with `seed` from the training side, never from the evaluated images.
 
-    Returns (images, their paths). Raises ValueError when there is no training side.
+    Returns (images, their paths). Raises CalibrationError when there is no training side.
     """
-    from .quantize_onnx import CalibrationError
-
     if dataset.train is None or len(dataset.train) == 0:
         raise CalibrationError("calibration needs images from the training side: set data.train_root (the "
                                "evaluated images are never used for calibration)")

@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runners.base import Runner
 
 
 class DigitsGRU(nn.Module):
     def __init__(self, hidden: int = 256, layers: int = 2, num_classes: int = 10):
         super().__init__()
+        self.hidden, self.layers, self.num_classes = hidden, layers, num_classes
         self.gru = nn.GRU(input_size=8, hidden_size=hidden, num_layers=layers, batch_first=True)
         self.fc = nn.Linear(hidden, num_classes)
 
@@ -46,29 +46,3 @@ def train_gru(model: DigitsGRU, images, labels, epochs: int = 15, lr: float = 3e
         losses.append(total / len(x))
     model.eval()
     return losses
-
-
-class GruRunner(Runner):
-    """Runner over a (possibly dynamically quantized) DigitsGRU: preprocessing = rows()."""
-
-    backend = "pytorch"
-
-    def __init__(self, model: nn.Module, name: str, precision: str, threads: int = 2):
-        super().__init__(spec=None)
-        self.model, self.name, self.precision, self.threads = model.eval(), name, precision, threads
-        self.technique = "quantization" if precision != "fp32" else "baseline"
-
-    def preprocess(self, images):
-        return rows(images)
-
-    @torch.inference_mode()
-    def extract_features(self, x):
-        return self.model.features(x)
-
-    @torch.inference_mode()
-    def classify(self, features) -> np.ndarray:
-        return self.model.fc(features).numpy()
-
-    @torch.inference_mode()
-    def predict(self, images) -> np.ndarray:
-        return self.model(rows(images)).numpy()

@@ -6,7 +6,6 @@ import copy
 import importlib
 import inspect
 import json
-import os
 import pickle
 import re
 import tempfile
@@ -18,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import paths
+from ..core import paths
+from ..core.io import atomic_write, write_json_atomic
+from ..core.params import Params, stable_hash
 from .data import Dataset, PreprocessSpec, preprocess
-from .params import Params, stable_hash
 
 
 class CheckpointError(ValueError):
@@ -31,8 +31,10 @@ class CheckpointError(ValueError):
 class ModelInfo:
     arch: str
     num_classes: int
-    source: str  # "trained" | "cache" | checkpoint path
+    source: str  # "trained:<path>" | "cache:<path>" | checkpoint path
     parameters: int
+    weights: str | None = None  # the file the weights load from (cached state_dict or the checkpoint)
+    trust_checkpoint: bool = False
     checkpoint_format: str | None = None  # state_dict | dict-with-state_dict | lightning
     stripped_prefix: str | None = None
     extra_keys: list[str] = field(default_factory=list)  # top-level checkpoint entries not loaded
@@ -159,8 +161,8 @@ def load_checkpoint_into(model: nn.Module, path: str | Path, prefix: str | None 
             "model.arch and model.checkpoint_prefix")
     model.load_state_dict(state)
     return ModelInfo(arch="", num_classes=0, source=str(path), parameters=count_parameters(model),
-                     checkpoint_format=fmt, stripped_prefix=used_prefix or None, extra_keys=extra,
-                     dropped_keys=dropped)
+                     weights=str(path), trust_checkpoint=trust, checkpoint_format=fmt,
+                     stripped_prefix=used_prefix or None, extra_keys=extra, dropped_keys=dropped)
 
 
 # --- feature extractor / head split ----------------------------------------------------------
@@ -246,15 +248,21 @@ def default_model_key(params: Params, num_classes: int) -> str:
     return stable_hash(recipe)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_state_dict(model: nn.Module, path: str | Path) -> Path:
+    """The model's state_dict, written atomically (loads with torch.load(weights_only=True))."""
+    return atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+
+
+def load_weights(model: nn.Module, path: str | Path, checkpoint_format: str | None = None,
+                 prefix: str | None = None, trust: bool = False) -> nn.Module:
+    """Load weights into a freshly built `model`: a user's checkpoint (when `checkpoint_format` is
+    set: read as load_checkpoint_into reads it, with its prefix and trust flag) or a plain state_dict
+    such as the cached default model. Returns the model in eval mode."""
+    if checkpoint_format is not None:
+        load_checkpoint_into(model, path, prefix or "", trust)
+    else:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple[nn.Module, ModelInfo]:
@@ -278,7 +286,7 @@ def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple
         ckpt = paths.models_dir(params.target) / f"{name}.pt"
         meta_path = ckpt.with_suffix(".json")
         if ckpt.is_file() and meta_path.is_file():
-            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+            load_weights(model, ckpt)
             meta = json.loads(meta_path.read_text())
             info = ModelInfo(arch="", num_classes=0, source="cache", parameters=0,
                              train_history=meta.get("train_history"),
@@ -293,12 +301,13 @@ def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple
                                        params.train.epochs, params.train.batch_size, params.train.lr,
                                        params.train.seed, progress)
             seconds = time.perf_counter() - t0
-            _atomic_torch_save(model.state_dict(), ckpt)
-            meta_path.write_text(json.dumps({"train_history": history, "train_seconds": seconds,
-                                             "params": params.to_dict()}, indent=2))
+            save_state_dict(model, ckpt)
+            write_json_atomic({"train_history": history, "train_seconds": seconds, "params": params.to_dict()},
+                              meta_path)
             info = ModelInfo(arch="", num_classes=0, source="trained", parameters=0,
                              train_history=history, train_seconds=seconds)
         info.source = f"{info.source}:{ckpt}"
+        info.weights = str(ckpt)
     info.arch = params.model.arch
     info.num_classes = num_classes
     info.parameters = count_parameters(model)
@@ -308,6 +317,4 @@ def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple
 def state_dict_size_bytes(model: nn.Module) -> int:
     """Size of the model as a saved state_dict (what `torch.save(model.state_dict())` writes)."""
     with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "m.pt"
-        torch.save(model.state_dict(), p)
-        return p.stat().st_size
+        return save_state_dict(model, Path(d) / "m.pt").stat().st_size

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn import metrics as skm
+
+from ..results.values import Fidelity
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -60,11 +63,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
 
 
 def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray,
-             reference_name: str, n_resamples: int = 2000, seed: int = 0) -> dict:
+             reference_name: str, n_resamples: int = 2000, seed: int = 0) -> Fidelity:
     """How a runner differs from the reference on the same images, in the same order.
 
     top1_agreement and flips (predictions that changed), max/mean abs logit difference, and the
     accuracy change with a paired bootstrap 95% interval (the same resampled images for both).
+    Raises ValueError when the shapes differ.
     """
     a = np.asarray(logits, dtype=np.float64)
     b = np.asarray(reference_logits, dtype=np.float64)
@@ -79,15 +83,30 @@ def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
     idx = rng.integers(0, len(diff), size=(n_resamples, len(diff)))
     lo, hi = np.percentile(diff[idx].mean(axis=1), [2.5, 97.5])
     flips = pa != pb
-    return {
-        "reference": reference_name,
-        "top1_agreement": float(1 - flips.mean()),
-        "flips": int(flips.sum()),
-        "flip_rate": float(flips.mean()),
-        "flips_now_correct": int((flips & (pa == labels)).sum()),
-        "flips_now_wrong": int((flips & (pb == labels)).sum()),
-        "max_abs_diff": float(np.abs(a - b).max()),
-        "mean_abs_diff": float(np.abs(a - b).mean()),
-        "accuracy_delta": float(diff.mean()),
-        "accuracy_delta_ci95": [float(lo), float(hi)],
-    }
+    return Fidelity(
+        reference=reference_name,
+        top1_agreement=float(1 - flips.mean()),
+        flips=int(flips.sum()),
+        flip_rate=float(flips.mean()),
+        flips_now_correct=int((flips & (pa == labels)).sum()),
+        flips_now_wrong=int((flips & (pb == labels)).sum()),
+        max_abs_diff=float(np.abs(a - b).max()),
+        mean_abs_diff=float(np.abs(a - b).mean()),
+        accuracy_change=float(diff.mean()),
+        accuracy_change_ci95=(float(lo), float(hi)),
+    )
+
+
+def check_outputs(runner, reference, images: list[np.ndarray], batch_sizes: list[int]) -> pd.DataFrame:
+    """Largest logit difference and top-1 agreement of `runner` against `reference` on the first
+    images, at each batch size (a dynamic batch axis must give the same answers at every size).
+
+    Returns a DataFrame indexed by batch_size with max_abs_diff and top1_agreement.
+    """
+    rows = {}
+    for bs in sorted(set(batch_sizes)):
+        batch = images[:bs]
+        a, b = runner.predict(batch), reference.predict(batch)
+        rows[bs] = {"max_abs_diff": float(np.abs(a - b).max()),
+                    "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean())}
+    return pd.DataFrame(rows).T.rename_axis("batch_size")

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import torch
 from torch import nn
 
-EXPORTERS = ("dynamo", "torchscript")
+from ..core.choices import EXPORTERS, check_choice
+
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 # FP32 ONNX Runtime vs PyTorch on the same inputs: kernels differ (fused conv, different summation
 # order), so outputs differ by float rounding, about 1e-6..1e-5 on logits of magnitude ~10.
@@ -38,8 +40,11 @@ class ExportConfig:
     constant_folding: bool = True
 
     def __post_init__(self):
-        if self.exporter not in EXPORTERS:
-            raise ValueError(f"onnx.exporter must be one of {EXPORTERS}, got {self.exporter!r}")
+        check_choice("onnx.exporter", self.exporter, EXPORTERS)
+
+    @classmethod
+    def from_params(cls, params) -> "ExportConfig":
+        return cls(exporter=params.onnx.exporter, opset=params.onnx.opset)
 
 
 @dataclass
@@ -127,7 +132,7 @@ def export_split(model: nn.Module, sample: torch.Tensor, out_dir: str | Path, co
     Returns ({"model": ..., "features": ..., "head": ...}, (features, head)); for a model that does
     not split, only "model" and None.
     """
-    from .models import split_model
+    from ..workload.models import split_model
 
     out_dir = Path(out_dir)
     parts = split_model(model)
@@ -218,3 +223,60 @@ def simplify_onnx(path: str | Path, out_path: str | Path) -> dict:
                for op in sorted(set(before["ops"]) | set(after["ops"]))
                if before["ops"].get(op, 0) != after["ops"].get(op, 0)}
     return {"before": before, "after": after, "ops_changed": changed, "path": str(out_path)}
+
+
+@dataclass
+class Graphs:
+    """The FP32 graphs a runtime runs: the full model and, when it splits, features and head."""
+    paths: dict[str, str]  # part -> .onnx path (the simplified graphs when they were kept)
+    exports: dict[str, ExportResult]
+    parts: tuple[nn.Module, nn.Module] | None  # (features, head) modules of the split, or None
+    validation: dict
+    output_checks: dict[str, pd.DataFrame]  # "export" / "simplified" -> check_outputs table
+    simplification: dict | None  # simplify_onnx stats of the full graph
+    simplified: bool  # True when the simplified graphs are the ones in `paths`
+
+    @property
+    def export_seconds(self) -> float:
+        return sum(e.seconds for e in self.exports.values())
+
+    def info(self) -> dict:
+        e = self.exports["model"]
+        return {"exporter": e.exporter, "opset_requested": e.opset_requested, "opset_written": e.opset_written,
+                "export_seconds": self.export_seconds, "simplified": self.simplified, "model_path": self.paths["model"],
+                "graph": graph_stats(self.paths["model"])["ops"]}
+
+
+def runtime_graphs(model: nn.Module, sample: torch.Tensor, out_dir: str | Path, config: ExportConfig,
+                   simplify: bool, reference, ort_config, images: list[np.ndarray],
+                   batch_sizes: list[int]) -> Graphs:
+    """Export the model (and its split), validate it, check its outputs against `reference` (the
+    PyTorch runner) with ONNX Runtime (`ort_config`) at each of `batch_sizes`, and simplify.
+
+    The exported graph must agree within FP32_TOLERANCE (ExportError otherwise); the simplified
+    graphs are used only when they agree too.
+    """
+    from ..backends.onnxruntime import OrtRunner
+    from ..measurement.metrics import check_outputs
+
+    def check(path):
+        return check_outputs(OrtRunner(path, reference.spec, name="check", config=ort_config), reference, images,
+                             batch_sizes)
+
+    out_dir = Path(out_dir)
+    exports, parts = export_split(model, sample, out_dir, config)
+    paths_ = {k: e.path for k, e in exports.items()}
+    validation = validate_onnx(paths_["model"])
+    checks = {"export": check(paths_["model"])}
+    if checks["export"]["max_abs_diff"].max() >= FP32_TOLERANCE:
+        raise ExportError(f"{paths_['model']}: outputs differ from PyTorch by {checks['export']['max_abs_diff'].max():.2e} "
+                          f"(tolerance {FP32_TOLERANCE}); try onnx.exporter: "
+                          f"{next(x for x in EXPORTERS if x != config.exporter)}")
+    stats, kept = None, False
+    if simplify:
+        slim = {k: simplify_onnx(p, out_dir / f"{k}.slim.onnx") for k, p in paths_.items()}
+        stats = slim["model"]
+        checks["simplified"] = check(stats["path"])
+        if checks["simplified"]["max_abs_diff"].max() < FP32_TOLERANCE:
+            paths_, kept = {k: v["path"] for k, v in slim.items()}, True
+    return Graphs(paths_, exports, parts, validation, checks, stats, kept)

@@ -3,7 +3,10 @@ the PT2E flow from torchao (X86InductorQuantizer, compiled with inductor freezin
 quantization of Linear / LSTM / GRU, and FX quantization-aware training.
 
 `torch.ao.quantization` is deprecated in torch 2.14 but still works (it warns); PT2E lives only
-in torchao. Each function returns the quantized module and evidence of integer execution.
+in torchao. Each function returns the quantized module and evidence of integer execution; the
+*_runner functions wrap them as described runners whose artifacts reload without a full pickle:
+a quantized state_dict re-applied to a freshly converted skeleton (FX, QAT: exact), a
+torch.export program (PT2E), a state_dict (the GRU).
 """
 from __future__ import annotations
 
@@ -13,11 +16,21 @@ import time
 import types
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..backends.artifacts import spec_of
+from ..backends.pytorch import GruRunner, TorchRunner
+from ..results.values import Artifact, Kernels
+from ..workload.data import CalibrationError, PreprocessSpec, preprocess
+from ..workload.models import build_model, save_state_dict, state_dict_size_bytes, train_classifier
+from ..workload.seqmodel import DigitsGRU, train_gru
+from .compilers import InductorConfigPatched, raise_recompile_limits
+
 BACKEND = "x86"
+HEAVY_MODULES = ("Conv2d", "ConvReLU2d", "Linear", "LinearReLU", "GRU", "LSTM")
 
 
 @contextlib.contextmanager
@@ -72,13 +85,21 @@ def untie_block_relus(model: nn.Module) -> nn.Module:
 # --- evidence -------------------------------------------------------------------------------
 
 def module_evidence(model: nn.Module) -> dict:
-    """Counts of quantized (integer) modules vs float Conv/Linear/RNN modules left."""
+    """Counts of quantized (integer) modules vs float Conv/Linear/RNN modules left, and the integer
+    share of the heavy modules."""
     kinds = Counter(type(m).__module__ + "." + type(m).__name__ for m in model.modules())
     quantized = {k: v for k, v in kinds.items() if ".quantized" in k}
-    float_ops = {k: v for k, v in kinds.items() if k.rsplit(".", 1)[-1] in ("Conv2d", "Linear", "GRU", "LSTM")
-                 and ".quantized" not in k}
-    return {"kernels": "integer" if quantized else "float", "quantized_modules": quantized,
-            "float_modules": float_ops}
+    float_ops = {k: v for k, v in kinds.items() if k.rsplit(".", 1)[-1] in HEAVY_MODULES and ".quantized" not in k}
+    n_int = sum(v for k, v in quantized.items() if k.rsplit(".", 1)[-1] in HEAVY_MODULES)
+    n_float = sum(float_ops.values())
+    label = ("mixed" if n_float else "integer") if n_int else "float"
+    return {"kernels": label, "quantized_modules": quantized, "float_modules": float_ops,
+            "integer_share": n_int / (n_int + n_float) if n_int + n_float else 0.0}
+
+
+def _kernels(evidence: dict) -> Kernels:
+    return Kernels(evidence["kernels"], evidence.get("integer_share"),
+                   "integer fraction of the Conv/Linear/RNN modules", evidence)
 
 
 # --- FX static PTQ ---------------------------------------------------------------------------
@@ -95,8 +116,6 @@ def quantize_fx_static(model: nn.Module, calibration: torch.Tensor) -> tuple[nn.
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     if calibration is None or len(calibration) == 0:
-        from .quantize_onnx import CalibrationError
-
         raise CalibrationError("PyTorch static quantization needs calibration images; none were given")
     torch.backends.quantized.engine = BACKEND
     with _quiet():
@@ -111,15 +130,21 @@ def quantize_fx_static(model: nn.Module, calibration: torch.Tensor) -> tuple[nn.
 
 # --- PT2E (torchao) ---------------------------------------------------------------------------
 
+def _compile_frozen(converted: nn.Module) -> nn.Module:
+    """PT2E INT8 is only fast after torch.compile with inductor freezing (the integer oneDNN kernels
+    come from lowering the Q/DQ pattern with constant weights)."""
+    raise_recompile_limits()
+    return InductorConfigPatched(torch.compile(converted), {"freezing": True})
+
+
 def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Tensor) -> tuple[nn.Module, dict]:
     """torchao PT2E static INT8 with the X86 inductor quantizer, compiled with inductor freezing.
 
     Exported with a dynamic batch dimension; each batch size still compiles its own kernels.
+    Returns (compiled module, info); info["converted"] is the converted graph before compilation.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-
-    from .models import state_dict_size_bytes
 
     with _quiet():
         m = untie_block_relus(copy.deepcopy(model).eval())
@@ -136,10 +161,7 @@ def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Te
         allow_exported_model_train_eval(converted)  # runners call .eval(); exported graphs refuse it otherwise
         q_nodes = sum(1 for n in converted.graph.nodes if "quantize_per" in str(n.target))
         convert_s = time.perf_counter() - t0
-        from .compilers import InductorConfigPatched, _raise_recompile_limits
-
-        _raise_recompile_limits()
-        compiled = InductorConfigPatched(torch.compile(converted), {"freezing": True})
+        compiled = _compile_frozen(converted)
         t1 = time.perf_counter()
         from torch._inductor.utils import run_and_get_code
 
@@ -150,7 +172,7 @@ def quantize_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Te
     int_kernels = src.count("onednn.qconv") + src.count("onednn.qlinear")
     referenced = graph_constant_bytes(converted)
     return compiled, {"flow": "pt2e (torchao X86InductorQuantizer) + torch.compile(freezing)",
-                      "seconds": convert_s, "compile_seconds": compile_s, "qdq_nodes_before_lowering": q_nodes,
+                      "converted": converted, "seconds": convert_s, "compile_seconds": compile_s, "qdq_nodes_before_lowering": q_nodes,
                       "onednn_int8_kernel_calls": int_kernels,
                       "kernels": "integer" if int_kernels else "fake-quant",
                       "size_bytes": referenced["bytes"],
@@ -195,9 +217,6 @@ def qat_fx(model: nn.Module, dataset, spec, epochs: int, lr: float, batch_size: 
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
-    from .data import preprocess
-    from .models import train_classifier
-
     if dataset.train is None or len(dataset.train) == 0:
         raise ValueError("QAT needs training images: set data.train_root")
     if epochs < 1:
@@ -223,3 +242,116 @@ def qat_fx(model: nn.Module, dataset, spec, epochs: int, lr: float, batch_size: 
                        "history": history, **module_evidence(quantized)}
 
 
+
+
+# --- runners and their artifacts --------------------------------------------------------------
+
+def _fx_skeleton(arch: str, num_classes: int, spec: PreprocessSpec) -> nn.Module:
+    """A converted FX INT8 graph of the architecture with unobserved (default) quantization
+    parameters: the shape a saved quantized state_dict loads into. PTQ and QAT convert to the
+    same modules, so one skeleton serves both."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = BACKEND
+    example = torch.zeros(1, spec.channels, spec.image_size, spec.image_size)
+    with _quiet():
+        m = untie_block_relus(build_model(arch, num_classes).eval())
+        return convert_fx(prepare_fx(m, get_default_qconfig_mapping(BACKEND), (example,)))
+
+
+def fx_int8_runner(quantized: nn.Module, info: dict, name: str, eager: Artifact, out_dir: str | Path, threads: int,
+                   technique: str = "quantization", one_time_cost_seconds: dict | None = None, **details) -> TorchRunner:
+    """A runner over an FX-converted INT8 model (PTQ or QAT), its quantized state_dict saved in
+    `out_dir` as the artifact (kind pytorch-fx-int8; `eager` gives the architecture)."""
+    state = save_state_dict(quantized, Path(out_dir) / f"{name}.state.pt")
+    artifact = Artifact("pytorch-fx-int8", {"state": str(state)},
+                        {"arch": eager.options["arch"], "num_classes": eager.options["num_classes"],
+                         "flow": info["flow"]}, eager.preprocess)
+    r = TorchRunner(quantized, spec_of(eager), name=name, threads=threads, technique=technique, precision="int8")
+    return r.describe(size_bytes=state.stat().st_size, artifact=artifact, kernels=_kernels(info),
+                      one_time_cost_seconds=one_time_cost_seconds, **details)
+
+
+def load_fx_int8(artifact: Artifact, name: str, threads: int, device: str) -> TorchRunner:
+    spec = spec_of(artifact)
+    model = _fx_skeleton(artifact.options["arch"], artifact.options["num_classes"], spec)
+    model.load_state_dict(torch.load(artifact.files["state"], map_location="cpu", weights_only=True))
+    return TorchRunner(model, spec, name=name, threads=threads, technique="quantization", precision="int8")
+
+
+def fx_static_runner(model: nn.Module, calibration: torch.Tensor, eager: Artifact, out_dir: str | Path,
+                     threads: int, **details) -> TorchRunner:
+    """FX static INT8 (x86) of `model`, calibrated on `calibration`, as `pytorch-int8-static`."""
+    quantized, info = quantize_fx_static(model, calibration)
+    return fx_int8_runner(quantized, info, "pytorch-int8-static", eager, out_dir, threads,
+                          one_time_cost_seconds={"calibration and conversion": info["seconds"]}, **details)
+
+
+def pt2e_runner(model: nn.Module, calibration: torch.Tensor, example: torch.Tensor, eager: Artifact,
+                out_dir: str | Path, threads: int, **details) -> TorchRunner:
+    """PT2E INT8 compiled with freezing, as `pt2e-int8`; the converted program is saved with
+    torch.export (its weights load with weights_only=True) as the artifact."""
+    compiled, info = quantize_pt2e(model, calibration, example)
+    converted = info.pop("converted")
+    path = Path(out_dir) / "pt2e-int8.pt2"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with _quiet():
+        torch.export.save(torch.export.export(converted, (calibration[:2],), dynamic_shapes=({0: batch},)), str(path))
+    r = TorchRunner(compiled, spec_of(eager), name="pt2e-int8", threads=threads, technique="quantization", precision="int8")
+    return r.describe(size_bytes=info["size_bytes"], artifact=Artifact("pt2e-int8", {"program": str(path)}, {}, eager.preprocess),
+                      kernels=Kernels(info["kernels"], None, "", {k: v for k, v in info.items() if k != "size_method"}),
+                      one_time_cost_seconds={"calibration and conversion": info["seconds"], "compile": info["compile_seconds"]},
+                      size_method=info["size_method"], **details)
+
+
+def load_pt2e(artifact: Artifact, name: str, threads: int, device: str) -> TorchRunner:
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    with _quiet():
+        converted = torch.export.load(artifact.files["program"]).module()
+    allow_exported_model_train_eval(converted)
+    return TorchRunner(_compile_frozen(converted), spec_of(artifact), name=name, threads=threads,
+                       technique="quantization", precision="int8")
+
+
+def qat_runner(model: nn.Module, dataset, spec: PreprocessSpec, eager: Artifact, out_dir: str | Path, threads: int,
+               epochs: int, lr: float, batch_size: int, seed: int, progress: bool = True) -> TorchRunner:
+    """FX QAT (qat_fx) of `model`, converted to INT8, as `qat-int8`; training is a one-time cost."""
+    quantized, info = qat_fx(model, dataset, spec, epochs, lr, batch_size, seed, progress)
+    return fx_int8_runner(quantized, info, "qat-int8", eager, out_dir, threads, technique="quantization-aware training",
+                          one_time_cost_seconds={"fine-tune": info["train_seconds"]},
+                          training={"epochs": epochs, "lr": lr, "seconds": info["train_seconds"],
+                                    "history": info["history"], "data": "training side"})
+
+
+def gru_runners(dataset, out_dir: str | Path, threads: int, epochs: int, seed: int = 0) -> list[GruRunner]:
+    """The GRU study's two configurations: a DigitsGRU trained on the training side (FP32), and its
+    dynamic INT8 quantization. Both artifacts are the FP32 state_dict (kind gru): dynamic
+    quantization is a deterministic function of those weights, and a dynamically quantized GRU's
+    own state_dict holds packed ScriptObjects that only a full pickle reads."""
+    torch.manual_seed(seed)
+    gru = DigitsGRU()
+    t0 = time.perf_counter()
+    train_gru(gru, dataset.train.images, dataset.train.labels, epochs=epochs, seed=seed)
+    train_s = time.perf_counter() - t0
+    path = save_state_dict(gru, Path(out_dir) / "gru-fp32.state.pt")
+    quantized, info = quantize_dynamic(gru)
+    runners = []
+    for model, name, evidence in ((gru, "gru-fp32", module_evidence(gru)), (quantized, "gru-int8-dynamic", info)):
+        int8 = model is quantized
+        artifact = Artifact("gru", {"state": str(path)}, {"hidden": gru.hidden, "layers": gru.layers,
+                                                          "num_classes": gru.num_classes, "dynamic_int8": int8})
+        r = GruRunner(model, name, "int8" if int8 else "fp32", threads)
+        runners.append(r.describe(size_bytes=state_dict_size_bytes(model), artifact=artifact, kernels=_kernels(evidence),
+                                  one_time_cost_seconds={"training (fp32)": train_s}))
+    return runners
+
+
+def load_gru(artifact: Artifact, name: str, threads: int, device: str) -> GruRunner:
+    o = artifact.options
+    model = DigitsGRU(hidden=o["hidden"], layers=o["layers"], num_classes=o["num_classes"]).eval()
+    model.load_state_dict(torch.load(artifact.files["state"], map_location="cpu", weights_only=True))
+    if o["dynamic_int8"]:
+        model, _ = quantize_dynamic(model)
+    return GruRunner(model, name, "int8" if o["dynamic_int8"] else "fp32", threads)

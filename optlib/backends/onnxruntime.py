@@ -5,15 +5,16 @@ split; `predict` runs the single full graph, so the headline total pays nothing 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..data import PreprocessSpec
+from ..core.choices import GRAPH_OPTIMIZATION_LEVELS, check_choice
+from ..results.values import Artifact
+from ..workload.data import PreprocessSpec
 from .base import Runner
 
-OPT_LEVELS = ("disabled", "basic", "extended", "all")
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
 # ORT's WeightBiasQuantization transformer (1.2x+) quantizes the float weights of any Conv/Gemm that
@@ -43,8 +44,7 @@ class OrtConfig:
         return cls(**{**kw, **overrides})
 
     def __post_init__(self):
-        if self.graph_optimization not in OPT_LEVELS:
-            raise ValueError(f"onnx.graph_optimization must be one of {OPT_LEVELS}, got {self.graph_optimization!r}")
+        check_choice("onnx.graph_optimization", self.graph_optimization, GRAPH_OPTIMIZATION_LEVELS)
         self.providers = [PROVIDER_ALIASES.get(p.lower(), p) for p in self.providers]
 
 
@@ -113,6 +113,11 @@ class OrtRunner(Runner):
         self.head_session = make_session(head_path, part_config)[0] if self.stage_split else None
         self._in = self.session.get_inputs()[0].name
         self._in_dtype = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
+        files = {"model": str(model_path)}
+        if self.stage_split:
+            files.update(features=str(features_path), head=str(head_path))
+        self.artifact = Artifact("onnxruntime", files, {"config": {**asdict(part_config)}},
+                                 spec.to_dict() if spec is not None else None)
 
     def _run(self, sess, x: np.ndarray) -> np.ndarray:
         return sess.run(None, {sess.get_inputs()[0].name: x})[0]

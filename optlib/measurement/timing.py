@@ -1,11 +1,15 @@
 """Latency and throughput measurement, shared by every runner.
 
-Method (see ../shared/platform-facts.md for why):
+Method:
 - each configuration is timed in a block of `samples` calls after `warmup` untimed calls, never
-  interleaved call-by-call with another runtime (two runtimes in one process steal each other's
-  cores);
-- `trials` blocks per configuration, the block order alternating (A B C, C B A, ...), with a
-  settle pause of `settle_s` before each block;
+  interleaved call-by-call with another runtime: two runtimes in one process steal each other's
+  cores (measured on ResNet18, 2 threads: an eager call right after an ONNX Runtime call took
+  23 ms instead of 12 with ORT's thread spinning on, and ORT after eager 5.2 ms instead of 3.0,
+  PyTorch's OpenMP threads spinning);
+- `trials` blocks per configuration, the block order alternating (A B C, C B A, ...), so that each
+  trial times every configuration in adjacent blocks: speed-ups are per-trial ratios
+  (measurement.stats.paired_ratio); a settle pause of `settle_s` precedes a block that follows
+  another backend's block;
 - a monotonic nanosecond clock (time.perf_counter_ns), device synchronisation after every stage
   on CUDA;
 - stages: preprocessing, feature_extraction, classification (one pass), and total: the single
@@ -13,25 +17,14 @@ Method (see ../shared/platform-facts.md for why):
 """
 from __future__ import annotations
 
-import resource
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from .params import BenchParams
-from .runners.base import Runner
-from .stats import summarize
+from ..backends.base import Runner
+from ..core.params import BenchParams
 
 STAGES = ("preprocessing", "feature_extraction", "classification", "total")
-
-
-@dataclass
-class BlockPlan:
-    warmup: int
-    samples: int
-    trials: int
-    settle_s: float
 
 
 def _batch_at(images: list[np.ndarray], i: int, batch_size: int) -> list[np.ndarray]:
@@ -64,6 +57,19 @@ def _alternating(runners: list[Runner], trial: int) -> list[Runner]:
     return list(runners) if trial % 2 == 0 else list(reversed(runners))
 
 
+class _Settler:
+    """Sleeps `settle_s` before a block whose backend differs from the previous block's."""
+
+    def __init__(self, settle_s: float):
+        self.settle_s, self.previous = settle_s, None
+
+    def before(self, runner: Runner) -> None:
+        runner.activate()
+        if self.previous is not None and self.previous != runner.backend:
+            time.sleep(self.settle_s)
+        self.previous = runner.backend
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -72,19 +78,19 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams, batch_size: int = 1,
-            progress: bool = True, return_samples: bool = False):
-    """Per-stage latency statistics (ms) of each runner at `batch_size`.
+            progress: bool = True) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Per-stage latency samples (ms) of each runner at `batch_size`.
 
-    Returns {runner.name: {stage: summarize(...)}} for the stages in STAGES, and with
-    `return_samples` also the raw per-trial samples {runner.name: {stage: [array per trial]}}.
+    Returns {runner.name: {stage: [one array of `samples` values per trial]}} for the stages in
+    STAGES; trial t of every runner comes from the same round of adjacent blocks.
     """
     samples: dict[str, dict[str, list[np.ndarray]]] = {r.name: {s: [] for s in STAGES} for r in runners}
     total_calls = bench.trials * len(runners) * (bench.samples + bench.warmup)
+    settler = _Settler(bench.settle_s)
     with _progress(total_calls, f"latency bs={batch_size}", progress) as bar:
         for trial in range(bench.trials):
             for r in _alternating(runners, trial):
-                r.activate()
-                time.sleep(bench.settle_s)
+                settler.before(r)
                 for i in range(bench.warmup):
                     _time_stages_once(r, _batch_at(images, i, batch_size))
                     bar.update()
@@ -94,30 +100,27 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
                     bar.update()
                 for j, stage in enumerate(STAGES):
                     samples[r.name][stage].append(block[:, j] / 1e6)
-    stats = {name: {stage: summarize(v) for stage, v in per_stage.items()}
-             for name, per_stage in samples.items()}
-    return (stats, samples) if return_samples else stats
+    return samples
 
 
 def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
-               batch_sizes: list[int] | None = None, progress: bool = True) -> dict[str, dict[str, dict]]:
-    """Images per second of the full graph at each batch size.
+               batch_sizes: list[int] | None = None, progress: bool = True) -> dict[int, dict[str, list[np.ndarray]]]:
+    """Batch latency samples (ms) of the full graph at each batch size.
 
-    For every batch size, each runner runs `trials` alternating blocks of
-    max(5, samples // batch_size) batches; images/s = batch_size / median batch latency.
-    Returns {runner.name: {str(batch_size): {"images_per_s", "images_per_s_ci95", "latency_ms"}}}.
+    For every batch size, each runner runs `trials` alternating blocks of max(5, samples //
+    batch_size) batches. Returns {batch_size: {runner.name: [one array per trial]}}; images per
+    second follow as batch_size / median batch latency (measurement.experiment).
     """
-    batch_sizes = batch_sizes or bench.batch_sizes
-    out: dict[str, dict[str, dict]] = {r.name: {} for r in runners}
-    for bs in batch_sizes:
+    out: dict[int, dict[str, list[np.ndarray]]] = {}
+    for bs in batch_sizes or bench.batch_sizes:
         n = max(5, bench.samples // bs)
         warm = max(1, min(bench.warmup, n))
         per_runner: dict[str, list[np.ndarray]] = {r.name: [] for r in runners}
+        settler = _Settler(bench.settle_s)
         with _progress(bench.trials * len(runners) * (n + warm), f"throughput bs={bs}", progress) as bar:
             for trial in range(bench.trials):
                 for r in _alternating(runners, trial):
-                    r.activate()
-                    time.sleep(bench.settle_s)
+                    settler.before(r)
                     for i in range(warm):
                         r.predict(_batch_at(images, i, bs))
                         bar.update()
@@ -130,25 +133,5 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
                         block[i] = (time.perf_counter_ns() - t0) / 1e6
                         bar.update()
                     per_runner[r.name].append(block)
-        for name, blocks in per_runner.items():
-            s = summarize(blocks)
-            out[name][str(bs)] = {
-                "images_per_s": bs * 1000.0 / s["median"],
-                "images_per_s_ci95": [bs * 1000.0 / s["ci95"][1], bs * 1000.0 / s["ci95"][0]],
-                "latency_ms": s,
-            }
-    return out
-
-
-def peak_memory() -> dict:
-    """Peak resident memory of this process so far (and CUDA max allocated when present)."""
-    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-           "method": "ru_maxrss of the notebook process (includes everything loaded before)"}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
-    except Exception:
-        pass
+        out[bs] = per_runner
     return out

@@ -1,19 +1,26 @@
 """The interface every backend implements, so one benchmark and one evaluation serve them all.
 
-Stages (timed separately by optlib.bench):
+Stages (timed separately by measurement.timing):
   preprocess(images)     raw uint8 images -> the backend's input batch (resize, normalise)
   extract_features(x)    input batch -> pooled features (everything before the head)
   classify(features)     features -> logits as a numpy array
   predict(images)        the whole single graph, images -> numpy logits: the headline "total"
 A runner whose model cannot be split sets `stage_split = False`: extract_features then runs the
 whole model and classify only converts the output.
+
+A runner also carries what the technique that built it knows, which `measure` writes into its
+record: `size_bytes` (the deployable artifact), `artifact` (what rebuilds it in a fresh process),
+`kernels` (what really executes), `one_time_cost_seconds` and `details` (technique-specific).
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
 
-from ..data import PreprocessSpec, batches, preprocess
+from ..results.values import Artifact, Kernels
+from ..workload.data import PreprocessSpec, batches, preprocess
 
 
 class Runner:
@@ -25,8 +32,33 @@ class Runner:
     threads: int = 1
     stage_split: bool = True
 
-    def __init__(self, spec: PreprocessSpec):
+    def __init__(self, spec: PreprocessSpec | None):
         self.spec = spec
+        self.size_bytes: int | None = None
+        self.artifact: Artifact | None = None
+        self.kernels: Kernels | None = None
+        self.one_time_cost_seconds: dict[str, float] = {}
+        self.details: dict = {}
+
+    def describe(self, size_bytes: int | None = None, artifact: Artifact | None = None,
+                 kernels: Kernels | None = None, one_time_cost_seconds: dict | None = None,
+                 **details) -> "Runner":
+        """Attach what the technique knows about this configuration (returns the runner)."""
+        if size_bytes is not None:
+            self.size_bytes = int(size_bytes)
+        if artifact is not None:
+            self.artifact = artifact
+        if kernels is not None:
+            self.kernels = kernels
+        self.one_time_cost_seconds.update(one_time_cost_seconds or {})
+        self.details.update(details)
+        return self
+
+    def twin(self, name: str) -> "Runner":
+        """The same configuration under another name (shares the model): the same-vs-same control."""
+        t = copy.copy(self)
+        t.name = name
+        return t
 
     def preprocess(self, images):
         return preprocess(images, self.spec)

@@ -1,6 +1,6 @@
 """PyTorch compilers: TorchScript (trace or script, freeze, optimize_for_inference, save and
 reload) and torch.compile (default mode, inductor freezing), with their one-time costs timed
-apart from steady-state latency."""
+apart from steady-state latency; the runners chapter 02 measures, and their artifact loaders."""
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import split_model
-
-COMPILE_MODES = ("default", "freezing", "max-autotune")
+from ..backends.artifacts import build_eager, spec_of
+from ..backends.pytorch import TorchRunner
+from ..core.choices import COMPILE_MODES, check_choice
+from ..results.values import Artifact
+from ..workload.data import PreprocessSpec
+from ..workload.models import split_model, state_dict_size_bytes
 
 
 @dataclass
@@ -123,8 +126,7 @@ class InductorConfigPatched(nn.Module):
 
 def compile_options(mode: str) -> tuple[dict, dict]:
     """(torch.compile kwargs, inductor config patch) for a named mode."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compilers.compile_modes: unknown mode {mode!r} (choose from {COMPILE_MODES})")
+    check_choice("compilers.compile_modes", mode, COMPILE_MODES)
     if mode == "freezing":
         # Freezing folds weights into constants and pre-packs them for oneDNN: the fastest FP32
         # PyTorch path on CPU, valid under no_grad / inference_mode only.
@@ -142,7 +144,7 @@ def first_call_seconds(module: nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def _raise_recompile_limits(n: int = 64) -> None:
+def raise_recompile_limits(n: int = 64) -> None:
     """Every batch size is its own static graph, and all compiled variants of a model share one
     code object's cache: dynamo's default limit (8) would silently fall back to eager."""
     cfg = torch._dynamo.config
@@ -165,7 +167,7 @@ def compile_model(model: nn.Module, mode: str, sample: torch.Tensor, measure_col
     kept, dynamo is reset and the model compiled again (warm cache): both times are recorded.
     """
     kwargs, options = compile_options(mode)
-    _raise_recompile_limits()
+    raise_recompile_limits()
     seconds = {}
     bs = sample.shape[0]
     if measure_cold:
@@ -180,3 +182,76 @@ def compile_model(model: nn.Module, mode: str, sample: torch.Tensor, measure_col
     compiled = _compile(model, kwargs, options)
     seconds[f"bs={bs}" + (" (after reset)" if measure_cold else "")] = first_call_seconds(compiled, sample)
     return CompiledModel(compiled, mode, {**kwargs, **options}, seconds)
+
+
+# --- the runners chapter 02 measures, and how they reload ------------------------------------
+
+def torchscript_runner(model: nn.Module, sample: torch.Tensor, out_dir: Path, method: str, spec: PreprocessSpec,
+                       threads: int, device: str = "cpu") -> TorchRunner:
+    """TorchScript of the model and its split (torchscript_parts), as a described runner."""
+    t0 = time.perf_counter()
+    full, f, h = torchscript_parts(model, sample, Path(out_dir), method)
+    files = {"model": full.path, **({"features": f.path, "head": h.path} if f else {})}
+    runner = TorchRunner(full.module, spec, name="torchscript-fp32", device=device, threads=threads,
+                         technique="compiler", parts=(f.module, h.module) if f else None,
+                         extra_settings={"torchscript": full.info()})
+    return runner.describe(size_bytes=full.size_bytes,
+                           artifact=Artifact("torchscript", files, {"method": full.method}, spec.to_dict()),
+                           one_time_cost_seconds={"convert, freeze, save, reload": time.perf_counter() - t0},
+                           torchscript=full.info())
+
+
+def load_torchscript(artifact: Artifact, name: str, threads: int, device: str) -> TorchRunner:
+    def load(path):
+        return torch.jit.optimize_for_inference(torch.jit.load(path, map_location=device).eval())
+
+    f = artifact.files
+    parts = (load(f["features"]), load(f["head"])) if "features" in f else None
+    return TorchRunner(load(f["model"]), spec_of(artifact), name=name, device=device, threads=threads,
+                       technique="compiler", parts=parts)
+
+
+def compiled_runners(model: nn.Module, eager: Artifact, modes: list[str], samples: dict[int, torch.Tensor],
+                     threads: int, device: str = "cpu", measure_cold: bool = True,
+                     ) -> tuple[list[TorchRunner], list[tuple[str, str]]]:
+    """torch.compile runners, one per process: (runners, [(name, reason) of the modes not compiled]).
+
+    Dynamo caches compiled graphs on the model's forward code object and its guards do not see
+    inductor's config, so a second mode in the same process silently reuses the first mode's graph
+    (observed: a 0.0 s "compile" and the first mode's latency). Only `modes[0]` is compiled; the
+    others come back with the reason, to be recorded as skipped. `samples` maps batch size -> input:
+    the smallest pays the compile (cold and warm cache with `measure_cold`), each other one its
+    recompile, all recorded as one-time costs. `eager` is the FP32 model's artifact.
+    """
+    if not modes:
+        return [], []
+    names = ["compile-fp32" if m == "default" else f"compile-fp32-{m}" for m in modes]
+    skipped = [(n, f"only one torch.compile mode per process: {modes[0]!r} was compiled first and dynamo would reuse "
+                   f"its graph; run this notebook again with compilers.compile_modes: [{m}] to measure it")
+               for n, m in zip(names[1:], modes[1:])]
+    mode, spec = modes[0], spec_of(eager)
+    bs1 = min(samples)
+    full = compile_model(model, mode, samples[bs1], measure_cold=measure_cold)
+    parts = split_model(model)
+    feats = compile_model(parts[0], mode, samples[bs1], measure_cold=False) if parts else None
+    costs = {f"compile {k}": v for k, v in full.compile_seconds.items()}
+    for bs in sorted(set(samples) - {bs1}):
+        costs[f"recompile bs={bs}"] = first_call_seconds(full.module, samples[bs])
+    if feats:
+        costs["compile features part"] = sum(feats.compile_seconds.values())
+    settings = {"torch_compile": {"mode": mode, "options": full.options, "dynamic": False}}
+    runner = TorchRunner(full.module, spec, name=names[0], device=device, threads=threads, technique="compiler",
+                         parts=(feats.module, parts[1]) if feats else None, extra_settings=settings)
+    artifact = Artifact("torch-compile", dict(eager.files), {**eager.options, "mode": mode}, eager.preprocess)
+    runner.describe(size_bytes=state_dict_size_bytes(model), artifact=artifact, one_time_cost_seconds=costs, **settings)
+    return [runner], skipped
+
+
+def load_compiled(artifact: Artifact, name: str, threads: int, device: str) -> TorchRunner:
+    """The eager model compiled again in `mode` (compilation happens lazily, at the first call)."""
+    model = build_eager(artifact)
+    kwargs, patch = compile_options(artifact.options["mode"])
+    raise_recompile_limits()
+    parts = split_model(model)
+    return TorchRunner(_compile(model, kwargs, patch), spec_of(artifact), name=name, device=device, threads=threads,
+                       technique="compiler", parts=(_compile(parts[0], kwargs, patch), parts[1]) if parts else None)

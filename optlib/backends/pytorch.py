@@ -5,8 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import PreprocessSpec
-from ..models import split_model
+from ..workload.data import PreprocessSpec
+from ..workload.models import split_model
+from ..workload.seqmodel import rows
 from .base import Runner
 
 
@@ -62,3 +63,29 @@ class TorchRunner(Runner):
     def settings(self) -> dict:
         return {"memory_format": "channels_last" if self.channels_last else "contiguous",
                 "torch_threads": torch.get_num_threads(), "grad": "inference_mode", **self.extra_settings}
+
+
+class GruRunner(Runner):
+    """Runner over a (possibly dynamically quantized) DigitsGRU: preprocessing = seqmodel.rows()."""
+
+    backend = "pytorch"
+
+    def __init__(self, model: nn.Module, name: str, precision: str, threads: int = 2):
+        super().__init__(spec=None)
+        self.model, self.name, self.precision, self.threads = model.eval(), name, precision, threads
+        self.technique = "quantization" if precision != "fp32" else "baseline"
+
+    def preprocess(self, images):
+        return rows(images)
+
+    @torch.inference_mode()
+    def extract_features(self, x):
+        return self.model.features(x)
+
+    @torch.inference_mode()
+    def classify(self, features) -> np.ndarray:
+        return self.model.fc(features).numpy()
+
+    @torch.inference_mode()
+    def predict(self, images) -> np.ndarray:
+        return self.model(rows(images)).numpy()

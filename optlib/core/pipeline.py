@@ -20,12 +20,12 @@ class NotebookRun:
 
 
 def list_notebooks(selection: list[str] | None = None) -> list[Path]:
-    """Numbered notebooks (NN_name.ipynb) in order; `selection` filters by number or name prefix."""
-    nbs = sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    """Numbered notebooks (NN_name.ipynb, NNb_name.ipynb for a chapter's second part) in order;
+    `selection` filters by number or name prefix ("04" selects 04_* and 04b_*)."""
+    nbs = sorted(p for p in paths.NOTEBOOKS_DIR.glob("[0-9][0-9]*_*.ipynb"))
     if not selection:
         return nbs
-    chosen = [p for p in nbs if any(p.stem == s or p.stem.startswith(f"{s}_") or p.stem.startswith(s)
-                                    for s in selection)]
+    chosen = [p for p in nbs if any(p.stem.startswith(s) for s in selection)]
     unknown = [s for s in selection if not any(p.stem.startswith(s) for p in nbs)]
     if unknown:
         raise ValueError(f"--notebooks: no notebook matches {unknown} (have: {[p.stem for p in nbs]})")

@@ -1,0 +1,2 @@
+"""Plumbing: parameters, allowed values, paths, atomic writes, machine facts, the notebook set-up
+and the pipeline that runs the chapters."""

@@ -1,0 +1,26 @@
+"""Every allowed value of a named choice, declared once.
+
+The params validation (`core.params`) and the technique configs (`ExportConfig`, `OrtConfig`,
+`StaticQuantConfig`, `compile_options`) all check against these tuples through `check_choice`,
+so a new value is added in one place and every consumer accepts it.
+"""
+from __future__ import annotations
+
+DEVICES = ("cpu", "cuda")
+EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True) | the legacy TorchScript exporter
+GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")  # ONNX Runtime
+TORCHSCRIPT_METHODS = ("trace", "script")
+COMPILE_MODES = ("default", "freezing", "max-autotune")  # torch.compile on inductor
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INT8_TYPES = ("uint8", "int8")  # activation / weight types of ONNX Runtime static INT8
+QUANT_FORMATS = ("QDQ", "QOperator")
+# What a record says about the kernels that really ran (see results.values.Kernels).
+KERNEL_LABELS = ("integer", "mixed", "fake-quant", "float")
+STATUSES = ("ok", "skipped", "failed")
+
+
+def check_choice(key: str, value, choices: tuple, error=ValueError):
+    """Return `value` if it is one of `choices`, else raise `error` naming `key` and the choices."""
+    if value not in choices:
+        raise error(f"'{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value

@@ -1,0 +1,56 @@
+"""Atomic file writes: a crash leaves the old file or the new one, never a half-written one.
+
+Every writer in optlib (records, the model cache, reports, studies) goes through `atomic_write`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)` on a temporary file next to `path`, fsync it, then rename it over
+    `path`. On any error the temporary file is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def json_safe(obj):
+    """Plain JSON values: NaN/inf become null, numpy scalars Python numbers, tuples lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return json_safe(obj.item())
+    return obj
+
+
+def write_json_atomic(data, path: str | Path) -> Path:
+    """`data` as indented JSON (NaN written as null), atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(json_safe(data), f, indent=2, allow_nan=False)
+    return atomic_write(path, write)
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,1 @@
+"""What numbers become: typed values, result records, comparisons, figures and the report."""

@@ -1,0 +1,121 @@
+"""Comparisons over records: the results table every chapter shows, the kernels table, the
+accuracy-budget pick, and the configurations a run cannot tell apart from the pick.
+
+Column names are results.values.VOCABULARY's; an interval is shown as "[lo, hi]".
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..measurement.stats import paired_ratio
+from .records import Record
+
+
+def fmt_ci(ci, digits: int = 2, percent: bool = False) -> str:
+    lo, hi = ci
+    return f"[{lo:+.2%}, {hi:+.2%}]" if percent else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def results_table(records: list[Record], references: list[str] | None = None) -> pd.DataFrame:
+    """One row per measured record: kernels, latency_ms with its interval, p95_ms, the same-run
+    speedup against each of `references` (default: every reference the records were compared
+    with), images_per_s at the largest batch size, size_mb, peak_memory_mb, accuracy,
+    accuracy_change with its paired interval, and flips."""
+    ok = [r for r in records if r.ok and r.latency is not None]
+    if references is None:
+        references = list(dict.fromkeys(s.reference for r in ok for s in r.speedups))
+    rows = {}
+    for r in ok:
+        t = r.latency
+        row = {"kernels": r.kernels.label if r.kernels else "float", "latency_ms": t.median,
+               "latency_ci95_ms": fmt_ci(t.ci95, 3), "p95_ms": t.p95}
+        for ref in references:
+            s = r.speedup(ref)
+            if s is not None:
+                row[f"speedup vs {ref}"] = s.value
+                row[f"speedup_ci95 vs {ref}"] = fmt_ci(s.ci95)
+        if r.throughput:
+            big = max(r.throughput.values(), key=lambda v: v.batch_size)
+            row[f"images_per_s bs={big.batch_size}"] = big.images_per_s
+        row["size_mb"] = r.size_bytes / 1e6 if r.size_bytes else None
+        row["peak_memory_mb"] = r.memory.peak_bytes / 1e6 if r.memory else None
+        row["accuracy"] = r.accuracy["accuracy"] if r.accuracy else None
+        if r.fidelity is not None:
+            row["accuracy_change"] = r.fidelity.accuracy_change
+            row["accuracy_change_ci95"] = fmt_ci(r.fidelity.accuracy_change_ci95, percent=True)
+            row["flips"] = r.fidelity.flips
+        rows[r.name] = row
+    return pd.DataFrame(rows).T
+
+
+def latency_table(record: Record) -> pd.DataFrame:
+    """One row per stage of a record: latency_ms with its interval, the pooled tail percentiles,
+    mean, std, min, max, calls and any percentile flagged as resting on too few calls."""
+    rows = {}
+    for stage, t in (record.latency_ms or {}).items():
+        rows[stage] = {"latency_ms": t.median, "latency_ci95_ms": fmt_ci(t.ci95, 3), "p90_ms": t.p90, "p95_ms": t.p95,
+                       "p99_ms": t.p99, "mean_ms": t.mean, "std_ms": t.std, "min_ms": t.min, "max_ms": t.max,
+                       "calls": t.count, "trials": t.trials, "low_confidence": ", ".join(t.low_confidence)}
+    return pd.DataFrame(rows).T
+
+
+def throughput_table(record: Record) -> pd.DataFrame:
+    return pd.DataFrame({t.batch_size: {"images_per_s": t.images_per_s, "images_per_s_ci95": fmt_ci(t.images_per_s_ci95, 1),
+                                        "batch_latency_ms": t.batch_latency_ms.median}
+                         for t in (record.throughput or {}).values()}).T.rename_axis("batch_size")
+
+
+def one_time_costs(records: list[Record]) -> pd.DataFrame:
+    """Seconds paid once per configuration (export, calibration, compile, fine-tune, ...)."""
+    return pd.DataFrame({r.name: r.one_time_cost_seconds for r in records if r.one_time_cost_seconds}).T
+
+
+def kernels_table(records: list[Record]) -> pd.DataFrame:
+    """What each configuration really executed: label, low-precision share, and the operator or
+    module counts behind it."""
+    rows = {}
+    for r in records:
+        if r.kernels is None:
+            continue
+        ev = r.kernels.evidence
+        row = {"kernels": r.kernels.label, "share": r.kernels.share}
+        row.update({f"exec {k}": v for k, v in ev.get("integer_ops", {}).items()})
+        row.update({f"exec float {k}": v for k, v in ev.get("float_compute_ops", {}).items()})
+        row.update({f"exec {k}": v for k, v in ev.get("qdq_ops", {}).items()})
+        if "quantized_modules" in ev:
+            row["quantized modules"] = sum(ev["quantized_modules"].values())
+        if "onednn_int8_kernel_calls" in ev:
+            row["oneDNN int8 kernel calls"] = ev["onednn_int8_kernel_calls"]
+        rows[r.name] = row
+    return pd.DataFrame(rows).T.fillna("")
+
+
+def fastest_within_budget(records: dict[str, Record], max_accuracy_drop: float,
+                          candidates: list[str]) -> tuple[str | None, pd.DataFrame]:
+    """The fastest of `candidates` (by latency_ms) whose accuracy change against the reference stays
+    within the budget *on its whole 95% interval* (lower bound >= -max_accuracy_drop).
+
+    Returns (name or None, a table of every candidate with its verdict, fastest first).
+    """
+    rows = {}
+    for name in candidates:
+        r = records[name]
+        f = r.fidelity
+        change, (lo, hi), flips = (f.accuracy_change, f.accuracy_change_ci95, f.flips) if f else (0.0, (0.0, 0.0), 0)
+        rows[name] = {"latency_ms": r.latency.median, "accuracy_change": change, "accuracy_change_ci95_low": lo,
+                      "accuracy_change_ci95_high": hi, "flips": flips, "within_budget": lo >= -max_accuracy_drop,
+                      "point_within_budget": change >= -max_accuracy_drop}
+    df = pd.DataFrame(rows).T.sort_values("latency_ms")
+    ok = df[df["within_budget"].astype(bool)]
+    return (ok.index[0] if len(ok) else None), df
+
+
+def same_run_ratio(latency_samples: dict, reference: str, candidate: str):
+    """The paired latency ratio reference / candidate from one measure call's raw samples
+    (measurement.experiment.Measurement.latency_samples): > 1 when the candidate is faster."""
+    return paired_ratio(latency_samples[reference]["total"], latency_samples[candidate]["total"], reference=reference)
+
+
+def indistinguishable(latency_samples: dict, best: str, candidates: list[str]) -> list[str]:
+    """Those of `candidates` whose same-run latency ratio against `best` has an interval containing 1."""
+    return [n for n in candidates if n != best and not same_run_ratio(latency_samples, best, n).excludes_one()]

@@ -1,0 +1,202 @@
+"""The chapters' figures, each a function of records (or a study's table) returning a Figure.
+
+`draw(fn, *args, path=...)` is how a notebook shows one: it saves the figure, shows it, and if
+drawing fails prints one line and lets the chapter go on, since a figure must never take a chapter
+(and the records it already wrote) down.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .records import Record
+
+STAGE_COLORS = {"preprocessing": "#8da0cb", "feature_extraction": "#66c2a5", "classification": "#fc8d62",
+                "total": "#555555"}
+
+
+def _plt():
+    import matplotlib.pyplot as plt  # inline in Jupyter; Agg when there is no display
+
+    return plt
+
+
+def draw(fn, *args, path=None, dpi: int = 100, **kwargs) -> None:
+    """Draw `fn(*args, **kwargs)`, save it to `path`, show it; on failure print why and go on.
+    Returns None, so that a notebook cell ending with it does not show the figure twice."""
+    plt = _plt()
+    try:
+        fig = fn(*args, **kwargs)
+    except Exception as e:  # a figure is never worth a failed chapter
+        print(f"figure {fn.__name__} not drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    import matplotlib
+
+    if matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
+    else:
+        plt.show()
+
+
+def _errors(center: np.ndarray, cis) -> np.ndarray:
+    """Error-bar lengths (2, n) from intervals; an interval always contains its estimate here
+    (measurement.stats), the clip only guards against rounding."""
+    lo = np.array([c[0] for c in cis], dtype=float)
+    hi = np.array([c[1] for c in cis], dtype=float)
+    return np.clip(np.vstack([center - lo, hi - center]), 0, None)
+
+
+def data_overview(dataset, spec, n: int = 12):
+    """Images per class (evaluated and training side) and a strip of `n` preprocessed samples."""
+    from ..workload.data import preprocess
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3))
+    dataset.class_balance().plot.bar(ax=axes[0], title="images per class")
+    idx = np.linspace(0, len(dataset.test) - 1, min(n, len(dataset.test))).astype(int)
+    x = preprocess([dataset.test.images[i] for i in idx], spec)[:, 0].numpy()
+    axes[1].imshow(np.concatenate([(s - s.min()) / (np.ptp(s) + 1e-9) for s in x], axis=1), cmap="gray")
+    axes[1].set_title("preprocessed samples: " + " ".join(dataset.class_names[dataset.test.labels[i]] for i in idx))
+    axes[1].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def training_history(history: list[dict]):
+    hist = pd.DataFrame(history).set_index("epoch")
+    axes = hist.plot(subplots=True, figsize=(8, 3), title="training")
+    return np.ravel(axes)[0].figure
+
+
+def stage_latency(record: Record, total_samples_ms: np.ndarray):
+    """Per-stage latency (median with its interval) and the distribution of the total's calls."""
+    plt = _plt()
+    stages = list(STAGE_COLORS)
+    med = np.array([record.latency_ms[s].median for s in stages])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
+    axes[0].bar(stages, med, yerr=_errors(med, [record.latency_ms[s].ci95 for s in stages]), capsize=4,
+                color=list(STAGE_COLORS.values()))
+    axes[0].set_ylabel("ms (median of trial medians, 95% CI)")
+    axes[0].set_title(f"per-stage latency, batch {record.batch_size}")
+    total = np.asarray(total_samples_ms)
+    hi = np.percentile(total, 99.5) * 1.2  # rare multi-100-ms spikes on shared VMs would hide the shape
+    axes[1].hist(total[total <= hi], bins=60, color=STAGE_COLORS["total"])
+    if (total > hi).any():
+        axes[1].text(0.98, 0.5, f"{(total > hi).sum()} call(s) > {hi:.1f} ms\n(max {total.max():.1f} ms) not shown",
+                     transform=axes[1].transAxes, ha="right", fontsize=8)
+    for q, ls in ((50, "-"), (95, "--"), (99, ":")):
+        axes[1].axvline(np.percentile(total, q), color="red", ls=ls, label=f"p{q}")
+    axes[1].set_xlabel("total latency, ms")
+    axes[1].set_title(f"distribution of {len(total)} calls")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def throughput_by_batch(records: list[Record]):
+    """images_per_s against batch size, one line per configuration, with the interval as a band."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in records:
+        t = sorted(r.throughput.values(), key=lambda v: v.batch_size)
+        x = [v.batch_size for v in t]
+        ax.plot(x, [v.images_per_s for v in t], marker="o", label=r.name)
+        ax.fill_between(x, [v.images_per_s_ci95[0] for v in t], [v.images_per_s_ci95[1] for v in t], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images_per_s (full model incl. preprocessing)")
+    ax.set_title("throughput by batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def runtimes(records: list[Record], reference: str):
+    """Per-stage medians (stacked) and the same-run speedup against `reference` with its interval."""
+    plt = _plt()
+    stages = ["preprocessing", "feature_extraction", "classification"]
+    stage_df = pd.DataFrame({r.name: {s: r.latency_ms[s].median for s in stages} for r in records}).T
+    ratios = [(r.name, r.speedup(reference)) for r in records if r.speedup(reference) is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3.5, 0.35 * len(records))))
+    stage_df.plot.barh(stacked=True, ax=axes[0], color=[STAGE_COLORS[s] for s in stages],
+                       title=f"per-stage latency, batch {records[0].batch_size} (ms, medians)")
+    values = np.array([s.value for _, s in ratios])
+    axes[1].barh([n for n, _ in ratios], values, xerr=_errors(values, [s.ci95 for _, s in ratios]), capsize=3,
+                 color=STAGE_COLORS["feature_extraction"])
+    axes[1].axvline(1.0, color="k", lw=0.8)
+    axes[1].set_title(f"speedup vs {reference} (same run, 95% CI)")
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(table: pd.DataFrame):
+    """SQNR of the logits with each layer quantized alone (lower = more sensitive)."""
+    ax = table.set_index("node")["sqnr_db"].plot.barh(figsize=(7, max(3, len(table) * 0.22)),
+                                                     title="SQNR when quantized alone (lower = more sensitive)")
+    ax.invert_yaxis()
+    ax.set_xlabel("logit SQNR, dB")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def calibration_study(study: pd.DataFrame):
+    """accuracy_change, flips and logit SQNR against calibration-set size, per method and seed."""
+    import seaborn as sns
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, col, title in zip(axes, ["accuracy_change", "flips", "sqnr_db"],
+                              ["accuracy_change vs FP32", "flips", "logit SQNR (dB, higher is better)"]):
+        sns.stripplot(data=study, x="size", y=col, hue="method", dodge=True, ax=ax, size=5)
+        sns.boxplot(data=study, x="size", y=col, hue="method", ax=ax, fill=False, legend=False, linewidth=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("calibration images")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_recall(records: list[Record]):
+    table = pd.DataFrame({r.name: {c: v["recall"] for c, v in r.accuracy["per_class"].items()} for r in records})
+    ax = table.plot.bar(figsize=(10, 3), title="recall per class")
+    ax.set_ylim(max(0.0, float(table.values.min()) - 0.1), 1.0)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def confusion(accuracy: dict):
+    import seaborn as sns
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    names = accuracy["class_names"]
+    sns.heatmap(np.array(accuracy["confusion_matrix"]), annot=True, fmt="d", cmap="Blues", xticklabels=names,
+                yticklabels=names, cbar=False, ax=ax)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def latency_accuracy(records: list[Record]):
+    """latency_ms (log scale, with its interval) against accuracy, one point per measured record."""
+    plt = _plt()
+    ok = [r for r in records if r.ok and r.latency is not None and r.accuracy]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in ok:
+        t = r.latency
+        acc = r.accuracy["accuracy"] * 100
+        ax.errorbar([t.median], [acc], xerr=_errors(np.array([t.median]), [t.ci95]), fmt="o", capsize=3, label=r.name)
+        ax.annotate(r.name, (t.median, acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency_ms (batch {ok[0].batch_size if ok else '?'}, log scale; bars: 95% CI)")
+    ax.set_ylabel("top-1 accuracy, %")
+    ax.set_title("Latency vs accuracy (each configuration as measured in its own chapter's run)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+

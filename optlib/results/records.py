@@ -1,0 +1,139 @@
+"""Result records: one JSON file per measured configuration, outputs/<target>/results/<name>.json.
+
+This module is the one place the schema is defined. A record (schema "optlib.result/2") has:
+
+  schema             "optlib.result/2"
+  target             the params target (outputs/<target>/)
+  notebook           notebook that wrote it, e.g. "01_baseline"
+  name               unique per target, e.g. "pytorch-fp32", "onnxruntime-fp32"
+  technique          baseline | runtime | compiler | quantization | ...
+  backend            pytorch | onnxruntime | tensorrt | ...
+  precision          fp32 | fp16 | bf16 | int8 ...
+  status             ok | skipped | failed
+  reason             why skipped / failed (None when ok)
+  device             {"kind": cpu|cuda, "name": CPU/GPU model, "threads": int, ...}
+  batch_size         batch size of the per-stage latency
+  latency_ms         {stage: LatencySummary} for preprocessing, feature_extraction, classification,
+                     total (the full model on its own pass)
+  throughput         {batch size: Throughput}
+  speedups           [Ratio]: same-run speed-ups against the references named at measure time,
+                     at the latency batch size and at each throughput batch size
+  noise_floor        NoiseFloor of the same-vs-same twin (on the reference record, when measured)
+  size_bytes         size of the deployable artifact (state_dict, .onnx + .onnx.data, engine)
+  memory             Memory: peak resident memory of a fresh process running this configuration
+  accuracy           measurement.metrics.classification_metrics(...)
+  fidelity           Fidelity against the reference; None for the reference itself
+  kernels            Kernels: what really executed (integer / mixed / fake-quant / float)
+  one_time_cost_seconds  {label: seconds} paid once (export, calibration, compile, fine-tune, ...)
+  artifact           Artifact the configuration is rebuilt from (backends.artifacts.load_runner)
+  settings           runtime options that produced the numbers (threads, spinning, providers)
+  environment        library versions, CPU/GPU, git commit, timestamp, params hash
+  extra              technique-specific details (quantization config, evidence tables, ...)
+
+Records of schema "optlib.result/1" (before the typed fields) are not read: `load_records` reports
+each as invalid with the instruction to rerun its chapter.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core import paths
+from ..core.choices import STATUSES
+from ..core.io import write_json_atomic
+from .values import (Artifact, Fidelity, Kernels, LatencySummary, Memory, NoiseFloor, Ratio, Throughput,
+                     from_plain, to_plain)
+
+SCHEMA = "optlib.result/2"
+
+
+@dataclass
+class Record:
+    target: str
+    notebook: str
+    name: str
+    technique: str
+    backend: str
+    precision: str
+    status: str = "ok"
+    reason: str | None = None
+    device: dict = field(default_factory=dict)
+    batch_size: int | None = None
+    latency_ms: dict[str, LatencySummary] | None = None
+    throughput: dict[str, Throughput] | None = None
+    speedups: list[Ratio] = field(default_factory=list)
+    noise_floor: NoiseFloor | None = None
+    size_bytes: int | None = None
+    memory: Memory | None = None
+    accuracy: dict | None = None
+    fidelity: Fidelity | None = None
+    kernels: Kernels | None = None
+    one_time_cost_seconds: dict[str, float] = field(default_factory=dict)
+    artifact: Artifact | None = None
+    settings: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"record {self.name!r}: status must be one of {STATUSES}, got {self.status!r}")
+        if self.status != "ok" and not self.reason:
+            raise ValueError(f"record {self.name!r}: a {self.status} record needs a reason")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"record name {self.name!r} must be a non-empty file-safe name")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def latency(self) -> LatencySummary | None:
+        """The headline: the full model's latency at `batch_size`."""
+        return (self.latency_ms or {}).get("total")
+
+    def speedup(self, reference: str, metric: str = "latency", batch_size: int | None = None) -> Ratio | None:
+        """The same-run speed-up against `reference` (latency at the latency batch size by default,
+        or throughput at `batch_size`); None when it was not measured against that reference."""
+        bs = self.batch_size if (metric == "latency" and batch_size is None) else batch_size
+        for r in self.speedups:
+            if r.reference == reference and r.metric == metric and (bs is None or r.batch_size == bs):
+                return r
+        return None
+
+    def to_dict(self) -> dict:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Record":
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"schema {data.get('schema')!r}, expected {SCHEMA!r}: written by an older optlib; "
+                             f"rerun notebook {data.get('notebook', '?')} to regenerate it")
+        return from_plain(cls, data)
+
+
+def write_record(record: Record) -> Path:
+    """Write `record` atomically to outputs/<target>/results/<name>.json and return the path."""
+    return write_json_atomic(record.to_dict(), paths.results_dir(record.target) / f"{record.name}.json")
+
+
+def read_record(path: str | Path) -> Record:
+    return Record.from_dict(json.loads(Path(path).read_text()))
+
+
+def load_records(target: str) -> list[Record]:
+    """Every record of a target, sorted by name. A file that is not a valid record of this schema
+    becomes a `failed` record whose reason names the file and what is wrong, so one bad file hides
+    nothing and stops nothing."""
+    out = []
+    d = paths.results_dir(target)
+    if not d.is_dir():
+        return out
+    for p in sorted(d.glob("*.json")):
+        try:
+            out.append(read_record(p))
+        except Exception as e:
+            out.append(Record(target=target, notebook="?", name=p.stem, technique="?", backend="?",
+                              precision="?", status="failed", reason=f"{p}: unreadable record ({e})"))
+    return out
