@@ -1,8 +1,9 @@
-"""Command line: python -m optlib run | summary | report.
+"""Command line: python -m optlib run | summary | report | example.
 
   python -m optlib run --target cpu [--notebooks 00,01] [--params FILE]
   python -m optlib summary --target cpu --format table|json|csv
   python -m optlib report --target cpu
+  python -m optlib example --out DIR   # a single-logit custom-head Lightning checkpoint, its data and params
 """
 from __future__ import annotations
 
@@ -58,10 +59,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_example(args) -> int:
+    from .workload.example import build_example
+
+    params = build_example(args.out, image_size=args.image_size, epochs=args.epochs)
+    print(f"[optlib] example written; run it with: python -m optlib run --params {params}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m optlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("example", help="build the own-model example (binary digits, one sigmoid logit, Lightning .ckpt)")
+    ex.add_argument("--out", required=True, help="folder to write data/, binary-digits.ckpt and params.yaml into")
+    ex.add_argument("--image-size", type=int, default=64)
+    ex.add_argument("--epochs", type=int, default=5)
+    ex.set_defaults(fn=cmd_example)
     for name, fn in (("run", cmd_run), ("summary", cmd_summary), ("report", cmd_report)):
         p = sub.add_parser(name)
         p.add_argument("--target", default=None, help="params/<target>.yaml and outputs/<target>/ (default cpu)")
@@ -72,8 +86,8 @@ def main(argv=None) -> int:
             p.add_argument("--format", choices=("table", "json", "csv"), default="table")
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
-    args.target_given = args.target is not None
-    if args.target is None:
+    args.target_given = getattr(args, "target", None) is not None
+    if not args.target_given:
         args.target = "cpu"
     try:
         return args.fn(args)

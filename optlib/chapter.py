@@ -17,7 +17,8 @@ from .core.params import Params, notebook_params
 from .measurement.experiment import Measurement, measure, record_skipped
 from .results.records import Record
 from .workload.data import Dataset, PreprocessSpec, load_dataset, preprocess
-from .workload.models import ModelInfo, load_model, state_dict_size_bytes
+from .workload.models import ModelInfo, load_model, model_outputs, state_dict_size_bytes
+from .workload.outputs import Outputs
 
 
 @dataclass
@@ -28,13 +29,20 @@ class Chapter:
     model: nn.Module
     model_info: ModelInfo
     spec: PreprocessSpec
+    outputs: Outputs  # how the model's logits become decisions (softmax, or one sigmoid logit)
 
     def describe(self) -> str:
         p, d = self.params, self.dataset
+        o, info = self.outputs, self.model_info
+        decision = (f"one sigmoid logit for `{d.class_names[o.positive_index]}`, threshold {o.threshold:g}"
+                    if o.kind == "sigmoid" else f"{o.num_classes} logits (softmax)"
+                    + (f", `{d.class_names[o.positive_index]}` positive at probability {o.threshold:g}" if o.binary else ""))
+        head = (f"head `{info.head}`" + (" (detected)" if info.head_detected else "")) if info.head else \
+            "no separable head (stages not timed apart)"
         return (f"target `{p.target}` on {p.device} ({p.bench.threads} threads); data: {d.source}, "
                 f"{len(d.test)} test images, {d.num_classes} classes, {len(d.skipped)} unreadable files "
-                f"skipped; model: {self.model_info.arch} ({self.model_info.parameters / 1e6:.2f} M parameters, "
-                f"{self.model_info.source}); image size {p.data.image_size}")
+                f"skipped; model: {info.arch} ({info.parameters / 1e6:.2f} M parameters, {info.source}), "
+                f"{decision}, {head}; image size {p.data.image_size}")
 
     @property
     def artifacts_dir(self) -> Path:
@@ -62,7 +70,7 @@ class Chapter:
         """measurement.experiment.measure on this chapter's evaluated images (see there for kwargs)."""
         t = self.dataset.test
         return measure(runners, t.images, t.labels, self.dataset.class_names, self.params, self.notebook,
-                       data_summary=self.dataset.summary(), **kwargs)
+                       data_summary=self.dataset.summary(), outputs=self.outputs, **kwargs)
 
     def skip(self, name: str, technique: str, backend: str, precision: str, reason: str, **kwargs) -> Record:
         """Write the record of a configuration that cannot run here, with its reason."""
@@ -88,4 +96,5 @@ def setup(notebook: str, params_file: str | None = None, progress: bool = True, 
     torch.set_num_threads(params.bench.threads)
     dataset = load_dataset(params)
     model, info = load_model(params, dataset, progress=progress)
-    return Chapter(params, notebook, dataset, model, info, PreprocessSpec.from_params(params.data))
+    return Chapter(params, notebook, dataset, model, info, PreprocessSpec.from_params(params.data),
+                   model_outputs(params, dataset))

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from optlib.measurement.metrics import classification_metrics, fidelity, softmax
+from optlib.measurement.metrics import classification_metrics, fidelity
+from optlib.workload.outputs import Outputs, softmax
 
 
 def test_multiclass_matches_sklearn():
@@ -31,13 +32,14 @@ def test_binary_known_case():
     score = np.array([-2, -1, -0.5, 0.3, 2, 1, -0.1, 0.8])
     logits = np.stack([np.zeros(8), score], 1)
     assert (logits.argmax(1) == pred).all()
-    m = classification_metrics(logits, labels, ["NORMAL", "PNEUMONIA"], positive_class="PNEUMONIA")
+    names = ["NORMAL", "PNEUMONIA"]
+    m = classification_metrics(logits, labels, names, Outputs.for_data(None, names, "PNEUMONIA"))
     b = m["binary"]
     assert (b["tn"], b["fp"], b["fn"], b["tp"]) == (3, 1, 1, 3)
     assert b["sensitivity"] == 0.75 and b["specificity"] == 0.75
     assert b["auroc"] == pytest.approx(skm.roc_auc_score(labels, softmax(logits)[:, 1]))
     # the other class as positive: counts swap, AUROC (both label and score flipped) is unchanged
-    m0 = classification_metrics(logits, labels, ["NORMAL", "PNEUMONIA"], positive_class="NORMAL")
+    m0 = classification_metrics(logits, labels, names, Outputs.for_data(None, names, "NORMAL"))
     assert m0["binary"]["tp"] == 3 and m0["binary"]["auroc"] == pytest.approx(b["auroc"])
 
 

@@ -120,3 +120,32 @@ def test_cli_bad_params_is_one_clear_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [f"error: {f}: unknown key 'bench.sampels' (known keys: "
                                              "batch_sizes, eval_batch_size, memory, samples, settle_s, threads, trials, warmup)"]
+
+
+def test_single_logit_custom_head_lightning_model_end_to_end(tmp_path):
+    """The central user's model: a custom MLP head ending in one logit (sigmoid + threshold), in a
+    Lightning checkpoint, on a binary ImageFolder, through chapters 00 and 01 with a params file alone."""
+    run_cli(["example", "--out", str(tmp_path / "ex"), "--image-size", "32", "--epochs", "1"], tmp_path)
+    params = yaml.safe_load((tmp_path / "ex" / "params.yaml").read_text())
+    assert params["model"]["num_classes"] == 1 and params["data"]["positive_class"] == "odd"
+    params["data"]["max_test_images"] = 40
+    params["bench"] = {"warmup": 1, "samples": 5, "trials": 2, "batch_sizes": [1, 4], "threads": 2, "settle_s": 0.0,
+                       "memory": False}
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump(params))
+    run_cli(["run", "--params", str(f), "--notebooks", "00,01"], tmp_path)
+    rec = read_record(tmp_path, "example-binary", "pytorch-fp32")
+    acc = rec["accuracy"]
+    assert acc["outputs"] == {"kind": "sigmoid", "threshold": 0.5} and acc["n"] == 40
+    b = acc["binary"]
+    assert b["positive_class"] == "odd" and b["tp"] + b["fn"] == acc["per_class"]["odd"]["support"]
+    assert len(b["roc"]["fpr"]) >= 2 and set(b["operating_points"]) == {"sensitivity_at_specificity",
+                                                                         "specificity_at_sensitivity"}
+    m = rec["extra"]["model"]
+    assert m["outputs"] == "sigmoid" and m["head"] == "classifier" and m["head_detected"]
+    assert m["checkpoint_format"] == "lightning" and m["stripped_prefix"] == "model."
+    assert m["hyper_parameter_checks"] == [
+        "checkpoint hyper_parameters.num_classes = 1: agrees with model.num_classes = 1",
+        "checkpoint hyper_parameters.threshold = 0.5: agrees with model.decision_threshold = 0.5"]
+    assert rec["extra"]["stage_split"] and rec["extra"]["stage_split_max_abs_diff"] < 1e-4
+    assert rec["noise_floor"]["twin_flips"] == 0

@@ -90,15 +90,17 @@ def eager_artifact(info, spec: PreprocessSpec, channels_last: bool = False) -> A
     return Artifact("pytorch", {"weights": info.weights},
                     {"arch": info.arch, "num_classes": info.num_classes, "checkpoint_format": info.checkpoint_format,
                      "prefix": info.stripped_prefix, "trust_checkpoint": info.trust_checkpoint,
-                     "channels_last": channels_last}, spec.to_dict())
+                     "channels_last": channels_last, "head": info.head}, spec.to_dict())
 
 
 def build_eager(artifact: Artifact):
     """The FP32 nn.Module an eager artifact describes, weights loaded, in eval mode."""
-    from ..workload.models import build_model, load_weights
+    from ..workload.models import HEAD_ATTRIBUTE, build_model, load_weights
 
     o = artifact.options
     model = build_model(o["arch"], o["num_classes"])
+    if o.get("head"):
+        setattr(model, HEAD_ATTRIBUTE, o["head"])
     return load_weights(model, artifact.files["weights"], o.get("checkpoint_format"), o.get("prefix"),
                         o.get("trust_checkpoint", False))
 

@@ -39,7 +39,13 @@ def choice(default, options: tuple):
 class ModelParams:
     # torchvision model name ("torchvision:resnet50") or "package.module:function" -> nn.Module
     arch: str = "torchvision:resnet18"
-    num_classes: int | None = None  # defaults to the number of classes in the data
+    # Logits per image; None: one per class in the data. 1: a single logit for data.positive_class
+    # (sigmoid), the usual binary medical classifier.
+    num_classes: int | None = None
+    decision_threshold: float = 0.5  # binary problems: positive when its probability >= this
+    # Dotted attribute path of the classification head (e.g. classifier, net.fc); None: detected
+    # (a trailing fc / classifier / head module). Splits the per-stage timing.
+    head: str | None = None
     checkpoint: str | None = None  # None: train the embedded default model
     checkpoint_prefix: str | None = None  # stripped from state_dict keys; detected when None
     trust_checkpoint: bool = False  # allow a full pickle (runs arbitrary code from the file)
@@ -54,6 +60,9 @@ class DataParams:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     positive_class: str | None = None  # binary metrics are computed for this class
+    # Binary problems: report the sensitivity reached at this specificity, and the reverse.
+    operating_specificity: float = 0.9
+    operating_sensitivity: float = 0.9
     test_fraction: float = 0.3  # embedded digits only: 0.3 of 1797 leaves 540 test images
     split_seed: int = 0
     max_test_images: int | None = None  # cap on evaluated images (CI / quick looks)
@@ -241,8 +250,20 @@ def _validate(p: Params, source: str) -> Params:
         fail("data.image_size", f"must be at least 8, got {p.data.image_size}")
     if not 0 < p.data.test_fraction < 1:
         fail("data.test_fraction", "must be between 0 and 1")
-    if p.model.num_classes is not None and p.model.num_classes < 2:
-        fail("model.num_classes", "must be at least 2")
+    if p.model.num_classes is not None and p.model.num_classes < 1:
+        fail("model.num_classes", "must be at least 1 (1: a single sigmoid logit for data.positive_class)")
+    if p.model.num_classes == 1 and p.data.positive_class is None:
+        fail("model.num_classes", "is 1 (one sigmoid logit): set 'data.positive_class' to the class the logit scores")
+    if p.model.num_classes == 1 and p.data.root is None:
+        fail("model.num_classes", "is 1 (one sigmoid logit) but the embedded digits have 10 classes: set data.root "
+             "to a two-class ImageFolder")
+    if not 0 < p.model.decision_threshold < 1:
+        fail("model.decision_threshold", f"must be a probability strictly between 0 and 1, got {p.model.decision_threshold}")
+    for key in ("operating_specificity", "operating_sensitivity"):
+        if not 0 < getattr(p.data, key) < 1:
+            fail(f"data.{key}", f"must be strictly between 0 and 1, got {getattr(p.data, key)}")
+    if p.model.head is not None and not all(part.isidentifier() for part in p.model.head.split(".")):
+        fail("model.head", f"must be a dotted attribute path such as classifier or net.fc, got {p.model.head!r}")
     for key in ("samples", "trials", "threads", "eval_batch_size"):
         if getattr(p.bench, key) < 1:
             fail(f"bench.{key}", "must be at least 1")

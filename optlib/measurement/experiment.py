@@ -21,6 +21,7 @@ from ..core import env, paths
 from ..core.params import Params
 from ..results.records import Record, write_record
 from ..results.values import NoiseFloor, Throughput, to_plain
+from ..workload.outputs import Outputs
 from . import timing
 from .memory import MemoryMeasurementError, measure_memory
 from .metrics import classification_metrics, fidelity
@@ -52,7 +53,8 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             params: Params, notebook: str, *, reference: str | None = None,
             reference_logits: np.ndarray | None = None, speedups_against: list[str] | None = None,
             noise_floor: bool = False, also_compare: tuple[str, ...] = (), keep_existing: tuple[str, ...] = (),
-            discard: tuple[str, ...] = (), data_summary: dict | None = None, progress: bool = True) -> Measurement:
+            discard: tuple[str, ...] = (), data_summary: dict | None = None, outputs: Outputs | None = None,
+            progress: bool = True) -> Measurement:
     """Measure `runners` on `images` and write one record each.
 
     reference          the runner (in `runners`, or measured before: then pass `reference_logits`)
@@ -66,9 +68,14 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
     keep_existing      runners whose record is written only when none exists yet (another chapter's
                        reference, e.g. pytorch-fp32 belongs to 01; extra["written_by"] says so)
     discard            runners whose record is not written
+    outputs            how logits become decisions (default: from the params: model.num_classes,
+                       data.positive_class, model.decision_threshold)
     Each runner's size, artifact, kernels, one-time costs and details (Runner.describe) go into its
     record; its peak memory is measured in a child process from its artifact (bench.memory).
     """
+    outputs = outputs or Outputs.for_data(params.model.num_classes, class_names, params.data.positive_class,
+                                          params.model.decision_threshold)
+    operating = (params.data.operating_specificity, params.data.operating_sensitivity)
     names = [r.name for r in runners]
     if len(set(names)) != len(names):
         raise ValueError(f"measure: runner names must be unique, got {names}")
@@ -103,7 +110,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
     base = paths.target_dir(params.target)
     records = {}
     for r in runners:
-        fid = fidelity(logits[r.name], reference_logits, labels, reference) \
+        fid = fidelity(logits[r.name], reference_logits, labels, reference, outputs) \
             if reference is not None and r.name != reference else None
         throughput = {}
         for bs, s in thr.items():
@@ -116,7 +123,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             nf = NoiseFloor(twin.name, paired_ratio(totals[r.name], totals[twin.name], reference=r.name),
                             independent_ratio(totals[r.name], totals[twin.name], reference=r.name),
                             float(np.abs(twin_logits - logits[r.name]).max()),
-                            int((twin_logits.argmax(1) != logits[r.name].argmax(1)).sum()))
+                            int((outputs.predict(twin_logits) != outputs.predict(logits[r.name])).sum()))
         memory, memory_note = None, None
         if params.bench.memory and r.artifact is not None:
             try:
@@ -134,7 +141,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             speedups=[paired_ratio(s[ref], s[r.name], reference=ref, metric=metric, batch_size=bs)
                       for metric, bs, s in by_metric for ref in speedups_against],
             noise_floor=nf, size_bytes=r.size_bytes, memory=memory,
-            accuracy=classification_metrics(logits[r.name], labels, class_names, params.data.positive_class),
+            accuracy=classification_metrics(logits[r.name], labels, class_names, outputs, operating),
             fidelity=fid, kernels=r.kernels, one_time_cost_seconds=dict(r.one_time_cost_seconds),
             artifact=relative_to(r.artifact, base) if r.artifact is not None else None,
             settings={**r.settings(), "threads": r.threads, "settle_s": params.bench.settle_s},
@@ -144,7 +151,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
                    **({"dataset": data_summary} if data_summary else {}),
                    **({"memory_not_measured": memory_note} if memory_note else {}), **r.details},
         )
-        against = {n: to_plain(fidelity(logits[r.name], logits[n], labels, n)) for n in also_compare if n != r.name}
+        against = {n: to_plain(fidelity(logits[r.name], logits[n], labels, n, outputs)) for n in also_compare if n != r.name}
         if against:
             rec.extra["fidelity_against"] = against
         records[r.name] = rec

@@ -5,13 +5,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from ..results.values import Fidelity
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from ..results.values import Fidelity, OperatingPointShift
+from ..workload.outputs import Outputs
 
 
 def accuracy_ci(correct: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -23,14 +18,40 @@ def accuracy_ci(correct: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> 
     return float(lo), float(hi)
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str],
-                           positive_class: str | None = None) -> dict:
-    """Accuracy (with bootstrap CI), macro P/R/F1, per-class results, confusion matrix; with two
-    classes also TN/FP/FN/TP, sensitivity, specificity and AUROC for `positive_class`
-    (default: the second class)."""
-    logits = np.asarray(logits, dtype=np.float64)
+def _rate(hits: np.ndarray, of: np.ndarray) -> float:
+    return float(hits[of].mean()) if of.any() else float("nan")
+
+
+def operating_points(is_positive: np.ndarray, score: np.ndarray, specificity: float, sensitivity: float) -> dict:
+    """From the ROC curve (sklearn.metrics.roc_curve): the highest sensitivity whose specificity is
+    at least `specificity`, and the highest specificity whose sensitivity is at least `sensitivity`,
+    each with the threshold on the positive-class probability that gives it."""
+    fpr, tpr, thr = skm.roc_curve(is_positive.astype(int), score)
+    spec = 1.0 - fpr
+    out = {}
+    for key, mask, value, other in (("sensitivity_at_specificity", spec >= specificity, tpr, spec),
+                                    ("specificity_at_sensitivity", tpr >= sensitivity, spec, tpr)):
+        target = specificity if key.startswith("sensitivity") else sensitivity
+        if not mask.any():
+            out[key] = {"target": target, "value": float("nan"), "threshold": float("nan")}
+            continue
+        i = np.flatnonzero(mask)[np.argmax(value[mask])]
+        out[key] = {"target": target, "value": float(value[i]), "achieved": float(other[i]),
+                    "threshold": float(min(thr[i], 1.0))}
+    return out
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str], outputs: Outputs | None = None,
+                           operating: tuple[float, float] = (0.9, 0.9)) -> dict:
+    """Accuracy (with bootstrap CI), macro P/R/F1, per-class results, confusion matrix, from the
+    decisions `outputs` makes (argmax; a binary problem thresholds the positive probability). With two
+    classes also TN/FP/FN/TP, sensitivity, specificity, AUROC from the probabilities, the ROC curve,
+    and the operating points at `operating` = (specificity, sensitivity) targets.
+
+    `outputs` defaults to one logit per class with the second class positive."""
+    outputs = outputs or Outputs.for_data(None, list(class_names), None)
     labels = np.asarray(labels)
-    pred = logits.argmax(axis=1)
+    pred = outputs.predict(logits)
     k = len(class_names)
     correct = (pred == labels).astype(float)
     p, r, f1, support = skm.precision_recall_fscore_support(labels, pred, labels=range(k), zero_division=0)
@@ -45,37 +66,73 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
                              "support": int(support[i])} for i, name in enumerate(class_names)},
         "confusion_matrix": skm.confusion_matrix(labels, pred, labels=range(k)).tolist(),
         "class_names": list(class_names),
+        "outputs": {"kind": outputs.kind, "threshold": outputs.threshold if outputs.binary else None},
     }
-    if k == 2:
-        pos = class_names.index(positive_class) if positive_class is not None else 1
-        y = (labels == pos).astype(int)
-        yhat = (pred == pos).astype(int)
-        tn, fp, fn, tp = skm.confusion_matrix(y, yhat, labels=[0, 1]).ravel()
-        prob = softmax(logits)[:, pos]
+    if outputs.binary:
+        pos = outputs.positive_index
+        y = labels == pos
+        tn, fp, fn, tp = skm.confusion_matrix(y, pred == pos, labels=[False, True]).ravel()
+        prob = outputs.positive_scores(logits)
+        both = 0 < y.sum() < len(y)
+        fpr, tpr, _ = skm.roc_curve(y.astype(int), prob) if both else ([], [], [])
         out["binary"] = {
-            "positive_class": class_names[pos],
+            "positive_class": class_names[pos], "threshold": outputs.threshold,
             "tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp),
             "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
             "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
-            "auroc": float(skm.roc_auc_score(y, prob)) if 0 < y.sum() < len(y) else float("nan"),
+            "auroc": float(skm.roc_auc_score(y, prob)) if both else float("nan"),
+            "operating_points": operating_points(y, prob, *operating) if both else {},
+            "roc": {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]},
         }
     return out
 
 
+def operating_point_shift(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray, outputs: Outputs,
+                          n_resamples: int = 2000, seed: int = 0) -> OperatingPointShift:
+    """Did the operating point move? At the user's threshold: the change of sensitivity and of
+    specificity against the reference, each with a paired bootstrap 95% interval (the same images
+    resampled for both). And the threshold at which this model keeps the reference's sensitivity,
+    with the specificity it then has."""
+    labels = np.asarray(labels)
+    pos = labels == outputs.positive_index
+    yes_c = outputs.predict(logits) == outputs.positive_index
+    yes_r = outputs.predict(reference_logits) == outputs.positive_index
+    idx = np.random.default_rng(seed).integers(0, len(labels), size=(n_resamples, len(labels)))
+    changes = {}
+    for key, of, hit_c, hit_r in (("sensitivity", pos, yes_c, yes_r), ("specificity", ~pos, ~yes_c, ~yes_r)):
+        n = of[idx].sum(axis=1)
+        delta = ((hit_c & of)[idx].sum(axis=1) - (hit_r & of)[idx].sum(axis=1)) / np.maximum(n, 1)
+        lo, hi = np.percentile(delta[n > 0], [2.5, 97.5]) if (n > 0).any() else (np.nan, np.nan)
+        point = _rate(hit_c, of) - _rate(hit_r, of)
+        changes[key] = (point, (float(min(lo, point)), float(max(hi, point))))
+    keep, spec_there = None, None
+    if pos.any():
+        target = _rate(yes_r, pos)
+        scores = np.sort(outputs.positive_scores(logits)[pos])[::-1]
+        k = int(np.ceil(target * pos.sum() - 1e-9))
+        if k >= 1:
+            keep = float(scores[k - 1])  # the highest threshold that still flags k positives
+            spec_there = _rate(outputs.positive_scores(logits) < keep, ~pos)
+    return OperatingPointShift(outputs.threshold, changes["sensitivity"][0], changes["sensitivity"][1],
+                               changes["specificity"][0], changes["specificity"][1], keep, spec_there)
+
+
 def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray,
-             reference_name: str, n_resamples: int = 2000, seed: int = 0) -> Fidelity:
+             reference_name: str, outputs: Outputs | None = None, n_resamples: int = 2000, seed: int = 0) -> Fidelity:
     """How a runner differs from the reference on the same images, in the same order.
 
-    top1_agreement and flips (predictions that changed), max/mean abs logit difference, and the
-    accuracy change with a paired bootstrap 95% interval (the same resampled images for both).
+    top1_agreement and flips (decisions that changed, as `outputs` decides), max/mean abs logit and
+    probability differences, the accuracy change with a paired bootstrap 95% interval (the same
+    resampled images for both) and, for a binary problem, the operating_point_shift.
     Raises ValueError when the shapes differ.
     """
     a = np.asarray(logits, dtype=np.float64)
     b = np.asarray(reference_logits, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"fidelity: logits shape {a.shape} differs from the reference's {b.shape}")
+    outputs = outputs or Outputs.for_data(None, [str(i) for i in range(a.shape[1])], None)
     labels = np.asarray(labels)
-    pa, pb = a.argmax(1), b.argmax(1)
+    pa, pb = outputs.predict(a), outputs.predict(b)
     ca = (pa == labels).astype(float)
     cb = (pb == labels).astype(float)
     diff = ca - cb
@@ -83,6 +140,7 @@ def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
     idx = rng.integers(0, len(diff), size=(n_resamples, len(diff)))
     lo, hi = np.percentile(diff[idx].mean(axis=1), [2.5, 97.5])
     flips = pa != pb
+    prob_diff = np.abs(outputs.probabilities(a) - outputs.probabilities(b))
     return Fidelity(
         reference=reference_name,
         top1_agreement=float(1 - flips.mean()),
@@ -93,20 +151,25 @@ def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
         max_abs_diff=float(np.abs(a - b).max()),
         mean_abs_diff=float(np.abs(a - b).mean()),
         accuracy_change=float(diff.mean()),
-        accuracy_change_ci95=(float(lo), float(hi)),
+        accuracy_change_ci95=(float(min(lo, diff.mean())), float(max(hi, diff.mean()))),
+        probability_max_abs_diff=float(prob_diff.max()),
+        probability_mean_abs_diff=float(prob_diff.mean()),
+        operating_point=operating_point_shift(a, b, labels, outputs, n_resamples, seed) if outputs.binary else None,
     )
 
 
-def check_outputs(runner, reference, images: list[np.ndarray], batch_sizes: list[int]) -> pd.DataFrame:
+def check_outputs(runner, reference, images: list[np.ndarray], batch_sizes: list[int],
+                  outputs: Outputs | None = None) -> pd.DataFrame:
     """Largest logit difference and top-1 agreement of `runner` against `reference` on the first
     images, at each batch size (a dynamic batch axis must give the same answers at every size).
+    Decisions as `outputs` makes them (default: argmax).
 
     Returns a DataFrame indexed by batch_size with max_abs_diff and top1_agreement.
     """
+    decide = outputs.predict if outputs is not None else (lambda z: np.asarray(z).argmax(1))
     rows = {}
     for bs in sorted(set(batch_sizes)):
         batch = images[:bs]
         a, b = runner.predict(batch), reference.predict(batch)
-        rows[bs] = {"max_abs_diff": float(np.abs(a - b).max()),
-                    "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean())}
+        rows[bs] = {"max_abs_diff": float(np.abs(a - b).max()), "top1_agreement": float((decide(a) == decide(b)).mean())}
     return pd.DataFrame(rows).T.rename_axis("batch_size")

@@ -44,7 +44,37 @@ def results_table(records: list[Record], references: list[str] | None = None) ->
             row["accuracy_change"] = r.fidelity.accuracy_change
             row["accuracy_change_ci95"] = fmt_ci(r.fidelity.accuracy_change_ci95, percent=True)
             row["flips"] = r.fidelity.flips
+            row.update(operating_point_columns(r))
         rows[r.name] = row
+    return pd.DataFrame(rows).T
+
+
+def operating_point_columns(record: Record) -> dict:
+    """Binary problems: sensitivity_change and specificity_change against the reference at the
+    decision threshold, with their paired intervals; {} otherwise."""
+    shift = record.fidelity.operating_point if record.fidelity is not None else None
+    if shift is None:
+        return {}
+    return {"sensitivity_change": shift.sensitivity_change,
+            "sensitivity_change_ci95": fmt_ci(shift.sensitivity_change_ci95, percent=True),
+            "specificity_change": shift.specificity_change,
+            "specificity_change_ci95": fmt_ci(shift.specificity_change_ci95, percent=True)}
+
+
+def operating_points_table(accuracy: dict) -> pd.DataFrame:
+    """Binary problems: sensitivity and specificity at the decision threshold, and the operating
+    points at the params' targets (sensitivity at a fixed specificity and the reverse), from
+    measurement.metrics.classification_metrics(...); empty otherwise."""
+    b = (accuracy or {}).get("binary")
+    if not b:
+        return pd.DataFrame()
+    rows = {f"at threshold {b['threshold']:g}": {"sensitivity": b["sensitivity"], "specificity": b["specificity"],
+                                                  "threshold": b["threshold"]}}
+    for key, point in b.get("operating_points", {}).items():
+        value, achieved = point["value"], point.get("achieved")
+        sens, spec = (value, achieved) if key.startswith("sensitivity") else (achieved, value)
+        rows[key.replace("_", " ") + f" {point['target']:g}"] = {"sensitivity": sens, "specificity": spec,
+                                                                  "threshold": point["threshold"]}
     return pd.DataFrame(rows).T
 
 

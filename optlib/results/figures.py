@@ -182,6 +182,23 @@ def confusion(accuracy: dict):
     return fig
 
 
+def roc(records: list[Record]):
+    """ROC curves of binary problems, each record's decision threshold marked on its curve."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for r in records:
+        b = r.accuracy["binary"]
+        ax.plot(b["roc"]["fpr"], b["roc"]["tpr"], label=f"{r.name} (AUROC {b['auroc']:.3f})")
+        ax.plot([1 - b["specificity"]], [b["sensitivity"]], "o", color=ax.lines[-1].get_color())
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC (positive: {records[0].accuracy['binary']['positive_class']}; dots: decision threshold)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def latency_accuracy(records: list[Record]):
     """latency_ms (log scale, with its interval) against accuracy, one point per measured record."""
     plt = _plt()

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core import paths
 from ..core.io import json_safe, write_text_atomic
-from .compare import fmt_ci
+from .compare import fmt_ci, operating_point_columns
 from .records import Record, load_records
 from .values import to_plain
 
@@ -51,7 +51,7 @@ def comparison_table(records: list[Record], reference: str = REFERENCE) -> pd.Da
                 f = r.fidelity
                 row.update(accuracy_change=f.accuracy_change,
                            accuracy_change_ci95=fmt_ci(f.accuracy_change_ci95, percent=True), flips=f.flips,
-                           top1_agreement=f.top1_agreement, max_abs_diff=f.max_abs_diff)
+                           top1_agreement=f.top1_agreement, max_abs_diff=f.max_abs_diff, **operating_point_columns(r))
             elif r.name == reference:
                 row["accuracy_change"] = 0.0
             if r.memory is not None:

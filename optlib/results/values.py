@@ -30,6 +30,8 @@ VOCABULARY = {
     "accuracy_change": "accuracy minus the reference's on the same images (fraction)",
     "accuracy_change_ci95": "paired bootstrap 95% interval of accuracy_change (same images resampled)",
     "flips": "evaluated images whose predicted class differs from the reference's",
+    "sensitivity_change": "binary problems: sensitivity minus the reference's at the decision threshold, with a "
+                          "paired bootstrap interval (specificity_change likewise)",
     "size_mb": "size of the deployable artifact on disk, MB (10^6 bytes)",
     "peak_memory_mb": "peak resident memory of a fresh process running this configuration, MB",
     "kernels": "what really ran: integer, mixed (some heavy operators in float), fake-quant or float",
@@ -89,6 +91,24 @@ class Throughput:
 
 
 @dataclass
+class OperatingPointShift:
+    """Binary problems: how a configuration moves the reference's operating point (the medical
+    user's question: a compressed model can keep top-1 and still trade sensitivity for specificity)."""
+    threshold: float  # the user's decision threshold on the positive probability
+    sensitivity_change: float  # at that threshold, against the reference
+    sensitivity_change_ci95: tuple[float, float]  # paired bootstrap over images
+    specificity_change: float
+    specificity_change_ci95: tuple[float, float]
+    threshold_keeping_reference_sensitivity: float | None = None  # on this configuration's probabilities
+    specificity_at_that_threshold: float | None = None
+
+    def describe(self) -> str:
+        (slo, shi), (plo, phi) = self.sensitivity_change_ci95, self.specificity_change_ci95
+        return (f"sensitivity {self.sensitivity_change:+.2%} (95% CI {slo:+.2%} to {shi:+.2%}), specificity "
+                f"{self.specificity_change:+.2%} (95% CI {plo:+.2%} to {phi:+.2%}) at threshold {self.threshold:g}")
+
+
+@dataclass
 class Fidelity:
     """How a configuration's predictions differ from the reference's on the same images."""
     reference: str
@@ -101,6 +121,9 @@ class Fidelity:
     mean_abs_diff: float
     accuracy_change: float
     accuracy_change_ci95: tuple[float, float]
+    probability_max_abs_diff: float = 0.0
+    probability_mean_abs_diff: float = 0.0
+    operating_point: OperatingPointShift | None = None  # binary problems
 
     def within_budget(self, max_accuracy_drop: float) -> bool:
         """The whole interval of the accuracy change stays above -max_accuracy_drop."""

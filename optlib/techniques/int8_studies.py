@@ -12,6 +12,7 @@ from ..backends.base import evaluate
 from ..backends.onnxruntime import OrtConfig, OrtRunner
 from ..measurement.metrics import fidelity
 from ..workload.data import Dataset, PreprocessSpec, calibration_set, preprocess
+from ..workload.outputs import Outputs
 from .int8_onnx import (Calibration, Fp32Graphs, StaticQuantConfig, calibrate, cosine, quantizable_nodes,
                         quantize_static, ranges_summary, sqnr_db, static_runner, write_exclusion_list)
 
@@ -22,12 +23,13 @@ def _logits(path, spec: PreprocessSpec, ort_config: OrtConfig, images, eval_batc
 
 def calibration_study(graphs: Fp32Graphs, dataset: Dataset, spec: PreprocessSpec, config: StaticQuantConfig,
                       ort_config: OrtConfig, reference_logits: np.ndarray, methods: list[str], sizes: list[int],
-                      seeds: list[int], eval_batch_size: int = 64) -> pd.DataFrame:
+                      seeds: list[int], eval_batch_size: int = 64, outputs: Outputs | None = None) -> pd.DataFrame:
     """Quantize the full graph from fresh calibration draws (training side only) for every method x
     size x seed, and compare each with the reference on every evaluated image.
 
-    Returns one row per point: method, size, seed, accuracy_change, flips, max_abs_diff, sqnr_db
-    (logits against the reference) and mean_range_width (of the calibrated activation ranges).
+    Returns one row per point: method, size, seed, accuracy_change, flips (decisions as `outputs`
+    makes them), max_abs_diff, sqnr_db (logits against the reference) and mean_range_width (of the
+    calibrated activation ranges).
     """
     rows = []
     for method in methods:
@@ -38,7 +40,7 @@ def calibration_study(graphs: Fp32Graphs, dataset: Dataset, spec: PreprocessSpec
                 path = quantize_static(graphs.paths["model"], graphs.out_dir / "study.onnx", ranges,
                                        dataclasses.replace(config, method=method))
                 lg = _logits(path, spec, ort_config, dataset.test.images, eval_batch_size)
-                f = fidelity(lg, reference_logits, dataset.test.labels, "reference")
+                f = fidelity(lg, reference_logits, dataset.test.labels, "reference", outputs)
                 widths = [hi - lo for lo, hi in ranges_summary(ranges).values()]
                 rows.append({"method": method, "size": len(images), "seed": seed,
                              "accuracy_change": f.accuracy_change, "flips": f.flips, "max_abs_diff": f.max_abs_diff,
@@ -57,7 +59,8 @@ def range_widths(calibrations: dict[str, Calibration]) -> pd.DataFrame:
 
 def layer_sensitivity(graphs: Fp32Graphs, calibration: Calibration, config: StaticQuantConfig,
                       spec: PreprocessSpec, ort_config: OrtConfig, images: list[np.ndarray], labels: np.ndarray,
-                      reference_logits: np.ndarray, eval_batch_size: int = 64) -> pd.DataFrame:
+                      reference_logits: np.ndarray, eval_batch_size: int = 64,
+                      outputs: Outputs | None = None) -> pd.DataFrame:
     """Each Conv/Gemm/MatMul of the full graph quantized alone (the rest FP32, the same ranges):
     the error it adds at the logits. Rows sorted worst first: node, sqnr_db, cosine,
     accuracy_change, flips."""
@@ -66,7 +69,7 @@ def layer_sensitivity(graphs: Fp32Graphs, calibration: Calibration, config: Stat
         path = quantize_static(graphs.paths["model"], graphs.out_dir / "sensitivity.onnx", calibration.ranges["model"],
                                dataclasses.replace(config, nodes_to_quantize=[node]))
         lg = _logits(path, spec, ort_config, images, eval_batch_size)
-        f = fidelity(lg, reference_logits, labels, "reference")
+        f = fidelity(lg, reference_logits, labels, "reference", outputs)
         rows.append({"node": node, "sqnr_db": sqnr_db(reference_logits, lg), "cosine": cosine(reference_logits, lg),
                      "accuracy_change": f.accuracy_change, "flips": f.flips})
     return pd.DataFrame(rows).sort_values("sqnr_db", kind="stable").reset_index(drop=True)

@@ -210,7 +210,7 @@ def quantize_dynamic(model: nn.Module, layers=(nn.Linear, nn.GRU, nn.LSTM)) -> t
 # --- QAT ------------------------------------------------------------------------------------
 
 def qat_fx(model: nn.Module, dataset, spec, epochs: int, lr: float, batch_size: int, seed: int,
-           progress: bool = True) -> tuple[nn.Module, dict]:
+           progress: bool = True, outputs=None) -> tuple[nn.Module, dict]:
     """FX quantization-aware training: fake-quant modules, `epochs` of fine-tuning on the training
     side (with two or more, observers and BN statistics are frozen for the last epoch, at a tenth of
     the learning rate), then conversion to integer modules."""
@@ -229,12 +229,12 @@ def qat_fx(model: nn.Module, dataset, spec, epochs: int, lr: float, batch_size: 
         t0 = time.perf_counter()
         # Observers must see data before they are frozen: with one epoch nothing is frozen.
         free = epochs - 1 if epochs >= 2 else epochs
-        history = train_classifier(prepared, dataset, spec, free, batch_size, lr, seed, progress)
+        history = train_classifier(prepared, dataset, spec, free, batch_size, lr, seed, progress, outputs)
         prepared.train()
         if epochs >= 2:
             prepared.apply(torch.ao.quantization.disable_observer)
             prepared.apply(torch.nn.intrinsic.qat.freeze_bn_stats)
-            last = train_classifier(prepared, dataset, spec, 1, batch_size, lr / 10, seed + 1, progress)
+            last = train_classifier(prepared, dataset, spec, 1, batch_size, lr / 10, seed + 1, progress, outputs)
             history += [{**h, "epoch": len(history) + 1, "observers_frozen": True} for h in last]
         seconds = time.perf_counter() - t0
         quantized = convert_fx(prepared.eval())
@@ -316,9 +316,10 @@ def load_pt2e(artifact: Artifact, name: str, threads: int, device: str) -> Torch
 
 
 def qat_runner(model: nn.Module, dataset, spec: PreprocessSpec, eager: Artifact, out_dir: str | Path, threads: int,
-               epochs: int, lr: float, batch_size: int, seed: int, progress: bool = True) -> TorchRunner:
-    """FX QAT (qat_fx) of `model`, converted to INT8, as `qat-int8`; training is a one-time cost."""
-    quantized, info = qat_fx(model, dataset, spec, epochs, lr, batch_size, seed, progress)
+               epochs: int, lr: float, batch_size: int, seed: int, progress: bool = True, outputs=None) -> TorchRunner:
+    """FX QAT (qat_fx) of `model`, converted to INT8, as `qat-int8`; training is a one-time cost.
+    `outputs` (workload.outputs.Outputs) chooses the training loss."""
+    quantized, info = qat_fx(model, dataset, spec, epochs, lr, batch_size, seed, progress, outputs)
     return fx_int8_runner(quantized, info, "qat-int8", eager, out_dir, threads, technique="quantization-aware training",
                           one_time_cost_seconds={"fine-tune": info["train_seconds"]},
                           training={"epochs": epochs, "lr": lr, "seconds": info["train_seconds"],

@@ -249,9 +249,10 @@ class Graphs:
 
 def runtime_graphs(model: nn.Module, sample: torch.Tensor, out_dir: str | Path, config: ExportConfig,
                    simplify: bool, reference, ort_config, images: list[np.ndarray],
-                   batch_sizes: list[int]) -> Graphs:
+                   batch_sizes: list[int], outputs=None) -> Graphs:
     """Export the model (and its split), validate it, check its outputs against `reference` (the
-    PyTorch runner) with ONNX Runtime (`ort_config`) at each of `batch_sizes`, and simplify.
+    PyTorch runner) with ONNX Runtime (`ort_config`) at each of `batch_sizes` (decisions as
+    `outputs`, workload.outputs.Outputs, makes them), and simplify.
 
     The exported graph must agree within FP32_TOLERANCE (ExportError otherwise); the simplified
     graphs are used only when they agree too.
@@ -261,7 +262,7 @@ def runtime_graphs(model: nn.Module, sample: torch.Tensor, out_dir: str | Path, 
 
     def check(path):
         return check_outputs(OrtRunner(path, reference.spec, name="check", config=ort_config), reference, images,
-                             batch_sizes)
+                             batch_sizes, outputs)
 
     out_dir = Path(out_dir)
     exports, parts = export_split(model, sample, out_dir, config)

@@ -21,6 +21,7 @@ from ..core import paths
 from ..core.io import atomic_write, write_json_atomic
 from ..core.params import Params, stable_hash
 from .data import Dataset, PreprocessSpec, preprocess
+from .outputs import Outputs
 
 
 class CheckpointError(ValueError):
@@ -39,6 +40,11 @@ class ModelInfo:
     stripped_prefix: str | None = None
     extra_keys: list[str] = field(default_factory=list)  # top-level checkpoint entries not loaded
     dropped_keys: list[str] = field(default_factory=list)  # state_dict entries outside the prefix
+    hyper_parameters: dict = field(default_factory=dict)  # a Lightning checkpoint's, plain values only
+    hyper_parameter_checks: list[str] = field(default_factory=list)  # do they agree with the params?
+    outputs: str = "softmax"  # softmax | sigmoid (one logit for the positive class)
+    head: str | None = None  # the classification head's attribute path (None: the model does not split)
+    head_detected: bool = False  # True when found by name rather than given as model.head
     train_history: list[dict] | None = None
     train_seconds: float | None = None
 
@@ -84,11 +90,61 @@ def _first_line(e: Exception) -> str:
     return lines[-1][:200] if lines else type(e).__name__
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, str, list[str]]:
-    """Return (state_dict, format, extra top-level keys) from a checkpoint file.
+class _Stub:
+    """Stands in for an object a weights-only load refuses; it runs no code of the file."""
 
-    Loads with `weights_only=True` unless `trust` is set; a file that needs a full pickle is
-    refused with a message saying how to allow it.
+    optlib_global = "?"
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def unsafe_entries(path: str | Path) -> dict[str, list[str]]:
+    """{top-level entry: [globals it holds that torch.load(weights_only=True) refuses]}.
+
+    The file is read with an unpickler that allows exactly torch's weights-only globals and turns
+    every other global into an inert _Stub, so nothing in the file is executed; the stubs show where
+    the refused objects sit."""
+    import types
+
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = {**_get_allowed_globals(), **{f"{g.__module__}.{g.__qualname__}": g
+                                             for g in torch.serialization.get_safe_globals() if hasattr(g, "__qualname__")}}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            full = f"{module}.{name}"
+            return allowed[full] if full in allowed else type(name, (_Stub,), {"optlib_global": full})
+
+    found: dict[str, list[str]] = {}
+
+    def walk(obj, entry, depth=0):
+        if isinstance(obj, _Stub) or (isinstance(obj, type) and issubclass(obj, _Stub)):
+            found.setdefault(entry, []).append(obj.optlib_global)
+        elif depth < 50 and isinstance(obj, dict):
+            for v in obj.values():
+                walk(v, entry, depth + 1)
+        elif depth < 50 and isinstance(obj, (list, tuple, set)):
+            for v in obj:
+                walk(v, entry, depth + 1)
+
+    stub_pickle = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="optlib_stub_pickle")
+    obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=stub_pickle)
+    for key, value in (obj.items() if isinstance(obj, dict) else [("<file>", obj)]):
+        walk(value, str(key))
+    return {k: sorted(set(v)) for k, v in found.items()}
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, str, list[str], dict]:
+    """Return (state_dict, format, extra top-level keys, hyper_parameters) from a checkpoint file.
+
+    Loads with `weights_only=True` unless `trust` is set; a file that needs a full pickle is refused
+    with one line naming the entry that needs it and the trust flag. `hyper_parameters` are a
+    Lightning checkpoint's, plain values only (numbers, strings, booleans).
     """
     path = Path(path)
     try:
@@ -96,22 +152,46 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, str, l
     except pickle.UnpicklingError as e:
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if not trust and m:
+            try:
+                where = "; ".join(f"entry '{k}' holds {', '.join(v)}" for k, v in unsafe_entries(path).items())
+            except Exception:  # the diagnosis is a courtesy: the refusal stands without it
+                where = f"it holds {m.group(1)}"
             raise CheckpointError(
-                f"{path}: refused to unpickle {m.group(1)} (loaded with weights_only=True). If you trust "
-                "this file, set model.trust_checkpoint: true to load it as a full pickle") from None
+                f"{path}: refused to load with weights_only=True: {where or m.group(1)}. If you trust this file, set "
+                "model.trust_checkpoint: true to load it as a full pickle (it can run code)") from None
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
                               f"{_first_line(e)})") from None
     if isinstance(obj, nn.Module):
-        return obj.state_dict(), "pickled-module", []
+        return obj.state_dict(), "pickled-module", [], {}
     if _is_state_dict(obj):
-        return obj, "state_dict", []
+        return obj, "state_dict", [], {}
     if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")):
         fmt = "lightning" if any("lightning" in k for k in obj) else "dict-with-state_dict"
-        return obj["state_dict"], fmt, sorted(k for k in obj if k != "state_dict")
+        hp = obj.get("hyper_parameters")
+        hp = {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool))} if isinstance(hp, dict) else {}
+        return obj["state_dict"], fmt, sorted(k for k in obj if k != "state_dict"), hp
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a state_dict, a dict with "
                           "'state_dict', or a Lightning .ckpt")
+
+
+# Lightning hyper-parameter names that state what the params also state.
+HPARAM_NAMES = {"num_classes": ("num_classes", "n_classes", "num_labels", "num_outputs", "out_features"),
+                "decision_threshold": ("threshold", "decision_threshold", "classification_threshold")}
+
+
+def hyper_parameter_checks(hparams: dict, num_classes: int, threshold: float) -> list[str]:
+    """One line per hyper-parameter of the checkpoint that names the number of logits or the
+    threshold: whether it agrees with model.num_classes / model.decision_threshold."""
+    lines = []
+    for key, ours in (("num_classes", num_classes), ("decision_threshold", threshold)):
+        for name in HPARAM_NAMES[key]:
+            if name in hparams and isinstance(hparams[name], (int, float)) and not isinstance(hparams[name], bool):
+                agrees = float(hparams[name]) == float(ours)
+                lines.append(f"checkpoint hyper_parameters.{name} = {hparams[name]}: "
+                             + ("agrees with" if agrees else "DIFFERS from") + f" model.{key} = {ours}")
+    return lines
 
 
 def _candidate_prefixes(keys: list[str]) -> list[str]:
@@ -139,7 +219,7 @@ def strip_prefix(state: dict, model_keys: set[str], prefix: str | None) -> tuple
 
 def load_checkpoint_into(model: nn.Module, path: str | Path, prefix: str | None = None,
                          trust: bool = False) -> ModelInfo:
-    state, fmt, extra = read_checkpoint(path, trust)
+    state, fmt, extra, hparams = read_checkpoint(path, trust)
     model_state = model.state_dict()
     state, used_prefix, dropped = strip_prefix(state, set(model_state), prefix)
     if not state:
@@ -162,33 +242,78 @@ def load_checkpoint_into(model: nn.Module, path: str | Path, prefix: str | None 
     model.load_state_dict(state)
     return ModelInfo(arch="", num_classes=0, source=str(path), parameters=count_parameters(model),
                      weights=str(path), trust_checkpoint=trust, checkpoint_format=fmt,
-                     stripped_prefix=used_prefix or None, extra_keys=extra, dropped_keys=dropped)
+                     stripped_prefix=used_prefix or None, extra_keys=extra, dropped_keys=dropped, hyper_parameters=hparams)
 
 
 # --- feature extractor / head split ----------------------------------------------------------
 
 HEAD_ATTRS = ("fc", "classifier", "head", "heads")
+HEAD_ATTRIBUTE = "optlib_head"  # where load_model notes the head path on the model it returns
 
 
-def split_model(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """(feature_extractor, head) sharing the model's weights, or None if no known head attribute.
+class HeadError(ValueError):
+    """model.head names no module of the model."""
 
-    The feature extractor is a shallow copy of the model whose head is nn.Identity, so
-    `head(features(x)) == model(x)` for torchvision classifiers (checked by the caller).
-    Compiled, TorchScript and FX graph modules (e.g. quantized ones) are not split here: their
-    forward is generated code, so swapping the head attribute would not cut the graph.
+
+def resolve_module(model: nn.Module, path: str) -> nn.Module:
+    """The sub-module at a dotted attribute path, or HeadError naming what exists there."""
+    obj = model
+    for i, part in enumerate(path.split(".")):
+        child = getattr(obj, part, None)
+        if not isinstance(child, nn.Module):
+            where = ".".join(path.split(".")[:i]) or "the model"
+            have = ", ".join(n for n, _ in obj.named_children()) if isinstance(obj, nn.Module) else "nothing"
+            raise HeadError(f"'model.head': {where} has no module {part!r} (its modules: {have})")
+        obj = child
+    return obj
+
+
+def detect_head(model: nn.Module) -> str | None:
+    """The usual classification-head attribute: the model's last child when it is named fc,
+    classifier or head, else the first of those names present, else None."""
+    children = list(model.named_children())
+    if children and children[-1][0] in HEAD_ATTRS:
+        return children[-1][0]
+    return next((a for a in HEAD_ATTRS if isinstance(getattr(model, a, None), nn.Module)), None)
+
+
+def split_model(model: nn.Module, head: str | None = None) -> tuple[nn.Module, nn.Module] | None:
+    """(feature_extractor, head) sharing the model's weights, or None when no head is known.
+
+    `head` is a dotted attribute path; without it the path load_model noted on the model
+    (HEAD_ATTRIBUTE, from model.head or detected), else detect_head. The feature extractor is the
+    model with that module replaced by nn.Identity (shallow copies along the path), so
+    `head(features(x)) == model(x)` when the forward applies nothing after the head (checked by
+    `split_error`). Compiled, TorchScript and FX graph modules (e.g. quantized ones) are not split
+    here: their forward is generated code, so swapping an attribute would not cut the graph.
     """
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)) or any(
             hasattr(model, a) for a in ("_orig_mod", "compiled")):
         return None
-    for attr in HEAD_ATTRS:
-        head = getattr(model, attr, None)
-        if isinstance(head, nn.Module):
-            features = copy.copy(model)
-            features._modules = dict(model._modules)
-            features._modules[attr] = nn.Identity()
-            return features, head
-    return None
+    path = head or getattr(model, HEAD_ATTRIBUTE, None) or detect_head(model)
+    if path is None:
+        return None
+    head_module = resolve_module(model, path)
+    features = copy.copy(model)
+    features._modules = dict(model._modules)
+    parent = features
+    parts = path.split(".")
+    for part in parts[:-1]:
+        child = copy.copy(parent._modules[part])
+        child._modules = dict(child._modules)
+        parent._modules[part] = child
+        parent = child
+    parent._modules[parts[-1]] = nn.Identity()
+    return features, head_module
+
+
+def split_error(model: nn.Module, sample: torch.Tensor, head: str | None = None) -> float | None:
+    """max |head(features(x)) - model(x)| for the split split_model makes, None when it does not split."""
+    parts = split_model(model, head)
+    if parts is None:
+        return None
+    with torch.no_grad():
+        return float((parts[1](parts[0](sample)) - model(sample)).abs().max())
 
 
 # --- the embedded default model --------------------------------------------------------------
@@ -199,8 +324,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def train_classifier(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, epochs: int,
-                     batch_size: int, lr: float, seed: int, progress: bool = True) -> list[dict]:
-    """Plain SGD + one-cycle training on dataset.train; returns per-epoch loss / train accuracy."""
+                     batch_size: int, lr: float, seed: int, progress: bool = True,
+                     outputs: Outputs | None = None) -> list[dict]:
+    """Plain SGD + one-cycle training on dataset.train; returns per-epoch loss / train accuracy.
+    The loss follows `outputs` (cross entropy; binary cross entropy for a single sigmoid logit)."""
+    outputs = outputs or Outputs.for_data(None, dataset.class_names, None)
     from tqdm.auto import tqdm
 
     _seed_everything(seed)
@@ -225,13 +353,13 @@ def train_classifier(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, e
             dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
             xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
             out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb)
+            loss = outputs.loss(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(idx)
-            correct += int((out.argmax(1) == yb).sum())
+            correct += int((outputs.train_predictions(out) == yb).sum())
             total += len(idx)
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(total, 1),
                         "train_accuracy": correct / max(total, 1)})
@@ -272,10 +400,8 @@ def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple
     trained on dataset.train once and cached under outputs/<target>/models/ keyed by the
     parameters that produced it.
     """
-    num_classes = params.model.num_classes or dataset.num_classes
-    if num_classes != dataset.num_classes:
-        raise CheckpointError(f"model.num_classes is {num_classes} but {dataset.source} has "
-                              f"{dataset.num_classes} classes {dataset.class_names}")
+    outputs = model_outputs(params, dataset)
+    num_classes = outputs.logits_per_image
     model = build_model(params.model.arch, num_classes)
     if params.model.checkpoint is not None:
         info = load_checkpoint_into(model, params.model.checkpoint, params.model.checkpoint_prefix,
@@ -299,7 +425,7 @@ def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple
             torch.set_num_threads(params.bench.threads)
             history = train_classifier(model, dataset, PreprocessSpec.from_params(params.data),
                                        params.train.epochs, params.train.batch_size, params.train.lr,
-                                       params.train.seed, progress)
+                                       params.train.seed, progress, outputs)
             seconds = time.perf_counter() - t0
             save_state_dict(model, ckpt)
             write_json_atomic({"train_history": history, "train_seconds": seconds, "params": params.to_dict()},
@@ -311,7 +437,38 @@ def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple
     info.arch = params.model.arch
     info.num_classes = num_classes
     info.parameters = count_parameters(model)
+    info.outputs = outputs.kind
+    info.head = check_head(model.eval(), params.model.head,
+                           preprocess(dataset.test.images[:2], PreprocessSpec.from_params(params.data)))
+    info.head_detected = params.model.head is None and info.head is not None
+    if info.head is not None:
+        setattr(model, HEAD_ATTRIBUTE, info.head)
+    info.hyper_parameter_checks = hyper_parameter_checks(info.hyper_parameters, num_classes,
+                                                         params.model.decision_threshold)
     return model.eval(), info
+
+
+def check_head(model: nn.Module, head: str | None, sample: torch.Tensor) -> str | None:
+    """The head path the per-stage split will use: `head` (model.head) when head(features(x))
+    reproduces model(x), else HeadError; without it the detected head when it does, else None."""
+    path = head or detect_head(model)
+    if path is None:
+        return None
+    err = split_error(model, sample, path)  # a one-line HeadError when `head` names nothing
+    with torch.no_grad():
+        scale = float(model(sample).abs().max()) + 1.0
+    if err > 1e-4 * scale:
+        if head is not None:
+            raise HeadError(f"'model.head': {head}(features(x)) differs from model(x) by {err:.3g}: the forward does "
+                            "more after that module; name the module whose output is the logits")
+        return None
+    return path
+
+
+def model_outputs(params: Params, dataset: Dataset) -> Outputs:
+    """How this run's model outputs become decisions (workload.outputs), checked against the data."""
+    return Outputs.for_data(params.model.num_classes, dataset.class_names, params.data.positive_class,
+                            params.model.decision_threshold, dataset.source)
 
 
 def state_dict_size_bytes(model: nn.Module) -> int:

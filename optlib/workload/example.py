@@ -1,0 +1,107 @@
+"""An own-model example in the form users bring: a binary ImageFolder, a custom-head classifier
+that ends in ONE logit (sigmoid + threshold), saved as a PyTorch Lightning checkpoint, and the
+params file that points the whole workbench at it.
+
+`python -m optlib example --out DIR` builds it offline from scikit-learn's digits (odd against even
+digits, `odd` positive): DIR/data/{train,test}/{even,odd}/*.png, DIR/binary-digits.ckpt and
+DIR/params.yaml. The checkpoint has the layout Lightning's Trainer.save_checkpoint writes (the
+LightningModule's `model.` prefix over nested `backbone.` / `classifier.` modules, optimizer and
+loop states, callbacks, hyper_parameters), so every path a real one takes is exercised.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ..core.io import atomic_write, write_text_atomic
+
+CLASSES = ("even", "odd")
+POSITIVE = "odd"
+
+
+class BinaryHeadNet(nn.Module):
+    """A ResNet18 backbone (its own fc removed) and an MLP head ending in one logit."""
+
+    def __init__(self, hidden: int = 128):
+        super().__init__()
+        import torchvision
+
+        self.backbone = torchvision.models.resnet18(weights=None)
+        self.backbone.fc = nn.Identity()
+        self.classifier = nn.Sequential(nn.Linear(512, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.classifier(self.backbone(x))
+
+
+def binary_head_net() -> nn.Module:
+    """model.arch: optlib.workload.example:binary_head_net"""
+    return BinaryHeadNet()
+
+
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    from PIL import Image
+
+    for i, (img, y) in enumerate(zip(images, labels)):
+        d = root / CLASSES[int(y)]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"digit{i:04d}.png")
+
+
+def lightning_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int, steps: int,
+                         hyper_parameters: dict) -> dict:
+    """What Lightning 2.x's Trainer.save_checkpoint stores for a LightningModule holding `model` as
+    `self.model` (plain values only, as a weights-only load reads them)."""
+    return {
+        "epoch": epochs - 1, "global_step": steps, "pytorch-lightning_version": "2.5.0",
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": epochs, "completed": epochs}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}": {
+            "monitor": "val_loss", "best_model_score": torch.tensor(0.1), "best_model_path": "epoch=4.ckpt"}},
+        "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [],
+        "hparams_name": "kwargs", "hyper_parameters": hyper_parameters,
+    }
+
+
+def build_example(out: str | Path, image_size: int = 64, epochs: int = 5, seed: int = 0,
+                  progress: bool = True) -> Path:
+    """Write the example under `out` and return its params file."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from .data import Dataset, ImageSet, PreprocessSpec
+    from .models import train_classifier
+    from .outputs import Outputs
+
+    out = Path(out)
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = (d.target % 2).astype(np.int64)  # 1: odd
+    tr, te = train_test_split(np.arange(len(images)), test_size=0.3, stratify=labels, random_state=seed)
+    write_folder(out / "data" / "train", images[tr], labels[tr])
+    write_folder(out / "data" / "test", images[te], labels[te])
+
+    torch.manual_seed(seed)
+    model = binary_head_net()
+    spec = PreprocessSpec(image_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], True)
+    train = ImageSet([images[i] for i in tr], labels[tr])
+    ds = Dataset("example", list(CLASSES), train, train)
+    lr, batch_size = 0.05, 64
+    outputs = Outputs.for_data(1, list(CLASSES), POSITIVE)
+    train_classifier(model, ds, spec, epochs, batch_size, lr, seed, progress, outputs)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    ckpt = lightning_checkpoint(model, opt, epochs, epochs * ((len(tr) + batch_size - 1) // batch_size),
+                                {"num_classes": 1, "threshold": 0.5, "lr": lr, "hidden": 128})
+    ckpt_path = atomic_write(out / "binary-digits.ckpt", lambda tmp: torch.save(ckpt, tmp))
+    params = {
+        "target": "example-binary", "device": "cpu",
+        "model": {"arch": "optlib.workload.example:binary_head_net", "num_classes": 1,
+                  "checkpoint": str(ckpt_path.resolve()), "decision_threshold": 0.5},
+        "data": {"root": str((out / "data" / "test").resolve()), "train_root": str((out / "data" / "train").resolve()),
+                 "image_size": image_size, "positive_class": POSITIVE},
+    }
+    return write_text_atomic(yaml.safe_dump(params, sort_keys=False), out / "params.yaml")
