@@ -20,14 +20,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# With PARAMS, the params file's own `target` names the outputs (passing --target too would override it).
+WHICH := $(if $(PARAMS),--params $(PARAMS),--target $(TARGET))
+
 run: setup
-	$(PY) -m optlib run --target $(TARGET) $(if $(PARAMS),--params $(PARAMS)) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)); \
+	$(PY) -m optlib run $(WHICH) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)); \
 	status=$$?; \
-	$(PY) -m optlib report --target $(TARGET) $(if $(PARAMS),--params $(PARAMS)) || status=1; \
+	$(PY) -m optlib report $(WHICH) || status=1; \
 	exit $$status
 
 report: setup
-	$(PY) -m optlib report --target $(TARGET) $(if $(PARAMS),--params $(PARAMS))
+	$(PY) -m optlib report $(WHICH)
 
 test: setup
 	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider

@@ -95,3 +95,16 @@ def test_pipeline_lists_chapters_in_order_with_second_parts():
     names = [p.stem for p in list_notebooks()]
     assert names == sorted(names) and names.index("04_int8_ptq") + 1 == names.index("04b_int8_studies")
     assert [p.stem for p in list_notebooks(["04"])] == ["04_int8_ptq", "04b_int8_studies"]
+
+
+def test_make_run_with_a_params_file_writes_to_its_target():
+    """`make run PARAMS=f` must not pass --target as well: it would override the file's target
+    (every user's run went to outputs/cpu/)."""
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "run", "report", "PARAMS=my.yaml"], cwd=paths.REPO_DIR, capture_output=True,
+                         text=True, check=True).stdout
+    commands = [ln for ln in out.splitlines() if "-m optlib" in ln]
+    assert commands and all("--params my.yaml" in ln and "--target" not in ln for ln in commands)
+    default = subprocess.run(["make", "-n", "run"], cwd=paths.REPO_DIR, capture_output=True, text=True, check=True).stdout
+    assert "--target cpu" in default

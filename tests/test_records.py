@@ -75,3 +75,14 @@ def test_unreadable_record_is_reported_not_raised(monkeypatch, tmp_path):
     assert out["pytorch-fp32"].status == "ok"
     assert out["half"].status == "failed" and "unreadable record" in out["half"].reason
     assert out["old"].status == "failed" and "rerun notebook 02_onnx_and_compilers" in out["old"].reason
+
+
+def test_written_files_are_ordinary_files(monkeypatch, tmp_path):
+    import os
+    import stat
+
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
+    mode = stat.S_IMODE(os.stat(write_record(rec())).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # not mkstemp's private 0600
