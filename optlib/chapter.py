@@ -76,16 +76,18 @@ class Chapter:
         """Write the record of a configuration that cannot run here, with its reason."""
         return record_skipped(self.params, self.notebook, name, technique, backend, precision, reason, **kwargs)
 
-    def attempt(self, name: str, technique: str, backend: str, precision: str, build, *args, **kwargs):
-        """`build(*args, **kwargs)`, or, when it raises, a `failed` record with the error and its
-        traceback, and None: one technique that breaks on a model does not end the chapter."""
+    def attempt(self, name: str, technique: str, backend: str, precision: str, build, *args, status: str = "failed",
+                **kwargs):
+        """`build(*args, **kwargs)`, or, when it raises, a `failed` record (or `status`, e.g. skipped
+        when a library cannot handle the model) with the error and its traceback, and None: one
+        technique that breaks on a model does not end the chapter."""
         try:
             return build(*args, **kwargs)
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
-            self.skip(name, technique, backend, precision, f"{type(e).__name__}: {first}", status="failed",
+            self.skip(name, technique, backend, precision, f"{type(e).__name__}: {first}", status=status,
                       extra={"traceback": traceback.format_exc()[-3000:]})
-            print(f"{name} failed ({type(e).__name__}: {first}); recorded as failed, the chapter goes on")
+            print(f"{name} {status} ({type(e).__name__}: {first}); recorded as {status}, the chapter goes on")
             return None
 
 

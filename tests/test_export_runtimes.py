@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from optlib.techniques import onnx_export as ox
-from optlib.techniques.compilers import InductorConfigPatched, compile_model, torchscript, torchscript_parts
+from optlib.techniques.compilers import InductorConfigPatched, torchscript, torchscript_parts
 from optlib.workload.data import PreprocessSpec, preprocess
 from optlib.backends import TorchRunner
 from optlib.backends.onnxruntime import OrtConfig, OrtRunner, make_session

@@ -14,6 +14,7 @@ from optlib.workload.example import BinaryHeadNet, lightning_checkpoint
 from optlib.workload.models import (CheckpointError, HeadError, check_head, detect_head, load_checkpoint_into,
                                     split_model)
 from optlib.workload.outputs import Outputs, OutputsError
+from optlib.workload.training import FineTuneRecipe
 from tests.helpers import tiny_resnet
 
 NAMES = ["NORMAL", "PNEUMONIA"]
@@ -212,7 +213,7 @@ def test_int8_and_qat_on_a_single_logit_custom_head_model(tmp_path):
                                atol=1e-4)
     f = fidelity(lg, ref, ds.test.labels, "fp32", out)
     assert f.flips == int(((lg[:, 0] >= 0) != (ref[:, 0] >= 0)).sum()) and f.operating_point is not None
-    qat, info = int8_torch.qat_fx(model, ds, spec, epochs=1, lr=0.01, batch_size=16, seed=0, progress=False, outputs=out)
+    qat, info = int8_torch.qat_fx(model, ds, spec, FineTuneRecipe(1, 0.01, batch_size=16), progress=False, outputs=out)
     assert info["kernels"] == "integer" and np.isfinite(info["history"][0]["loss"])
     with torch.no_grad():
         assert qat(preprocess(ds.test.images[:3], spec)).shape == (3, 1)

@@ -47,7 +47,7 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert nf["paired"]["ci95"][0] <= nf["paired"]["value"] <= nf["paired"]["ci95"][1]
     assert nf["twin_flips"] == 0 and nf["twin_max_abs_diff"] == 0.0
     for nb in ("00_data_and_model", "01_baseline", "02_onnx_and_compilers", "04_int8_ptq", "04b_int8_studies",
-               "05_int8_qat", "99_comparison"):
+               "05_int8_qat", "06_pruning", "99_comparison"):
         assert (tmp_path / "smoke" / "notebooks" / f"{nb}.ipynb").is_file()
     # every record reads back typed; every measured configuration was rebuilt from its artifact in a
     # child process (its memory was measured there), and carries same-run speed-ups
@@ -62,6 +62,16 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert all(r.artifact is not None and r.memory is not None for r in measured), \
         {r.name: r.extra.get("memory_not_measured") for r in measured if r.memory is None}
     assert all(r.speedups for r in measured)
+    # pruning: the structured model lost MACs, its INT8 graph runs integer kernels, its eager form
+    # reloads from a pytorch-pruned artifact; the unstructured one kept every MAC
+    by_name = {r.name: r for r in measured}
+    s50 = by_name["structured-l2-50-onnxruntime-int8"]
+    assert s50.technique == "pruning" and s50.extra["pruning"]["macs_speedup"] > 2 and s50.kernels.label == "integer"
+    assert s50.speedup("onnxruntime-int8-static-minmax") is not None
+    assert by_name["structured-l2-50-pytorch-fp32"].artifact.kind == "pytorch-pruned"
+    assert by_name["unstructured-l1-global-90-pytorch-fp32"].extra["pruning"]["macs_speedup"] == 1.0
+    assert {"structured-l2-60-iter2-onnxruntime-int8", "dense-finetuned-onnxruntime-int8"} <= set(by_name)
+    assert (tmp_path / "smoke" / "pruning_choice.json").is_file()
     html = (tmp_path / "smoke" / "report.html").read_text()
     assert "pytorch-fp32" in html and "data:image/png;base64" in html
     assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()

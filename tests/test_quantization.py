@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import onnx
-import pandas as pd
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from optlib.techniques import int8_onnx as qo
 from optlib.techniques import int8_torch as qt
 from optlib.workload.data import CalibrationError, PreprocessSpec, calibration_set, load_dataset, preprocess
 from optlib.workload.models import build_model, train_classifier
+from optlib.workload.training import FineTuneRecipe
 from optlib.core.choices import CALIBRATION_METHODS
 from optlib.core.params import from_dict
 from optlib.results.compare import fastest_within_budget
@@ -118,7 +118,7 @@ def test_fx_ptq_and_qat_convert_to_integer_modules(trained):
     assert (lg.argmax(1) == t["ref"].argmax(1)).mean() >= MIN_TOP1_AGREEMENT
     small = dataclasses.replace(t["ds"], train=dataclasses.replace(t["ds"].train, images=t["ds"].train.images[:128],
                                                                     labels=t["ds"].train.labels[:128]))
-    qat, qinfo = qt.qat_fx(t["model"], small, t["spec"], epochs=1, lr=0.001, batch_size=64, seed=0, progress=False)
+    qat, qinfo = qt.qat_fx(t["model"], small, t["spec"], FineTuneRecipe(1, 0.001), progress=False)
     assert qinfo["kernels"] == "integer" and sum(qinfo["quantized_modules"].values()) >= 20
     assert any("QuantizedConv" in k or "ConvReLU2d" in k for k in qinfo["quantized_modules"])
     assert evaluate(TorchRunner(qat, t["spec"], threads=2), t["ds"].test.images[:8]).shape == (8, 10)

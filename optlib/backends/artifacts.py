@@ -26,6 +26,7 @@ LOADERS = {
     "pytorch-fx-int8": "optlib.techniques.int8_torch:load_fx_int8",
     "pt2e-int8": "optlib.techniques.int8_torch:load_pt2e",
     "gru": "optlib.techniques.int8_torch:load_gru",
+    "pytorch-pruned": "optlib.techniques.pruning:load_pruned",
 }
 
 

@@ -34,6 +34,7 @@ class OrtConfig:
     allow_spinning: bool = False
     optimized_model_path: str | None = None  # save the graph after ORT's optimizations
     disabled_optimizers: list[str] = field(default_factory=lambda: list(DISABLED_OPTIMIZERS))
+    profile_prefix: str | None = None  # write ORT's per-node profile (techniques.onnx_runtime.op_profile)
 
     @classmethod
     def from_params(cls, params, **overrides) -> "OrtConfig":
@@ -79,6 +80,9 @@ def make_session(path: str | Path, config: OrtConfig):
     so.log_severity_level = 3
     if config.optimized_model_path:
         so.optimized_model_filepath = str(config.optimized_model_path)
+    if config.profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(config.profile_prefix)
     usable, reasons = resolve_providers(config.providers)
     sess = ort.InferenceSession(str(path), sess_options=so, providers=usable,
                                 disabled_optimizers=list(config.disabled_optimizers))

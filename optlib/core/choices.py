@@ -14,6 +14,10 @@ COMPILE_MODES = ("default", "freezing", "max-autotune")  # torch.compile on indu
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("uint8", "int8")  # activation / weight types of ONNX Runtime static INT8
 QUANT_FORMATS = ("QDQ", "QOperator")
+SCHEDULES = ("onecycle", "cosine", "constant")  # learning-rate schedules of workload.training.finetune
+UNSTRUCTURED_CRITERIA = ("l1", "random")  # torch.nn.utils.prune
+STRUCTURED_CRITERIA = ("l2", "taylor", "bn_scale", "random")  # Torch-Pruning importance
+PRUNE_SCOPES = ("layer", "global")  # each layer to the ratio, or one threshold over all layers
 # What a record says about the kernels that really ran (see results.values.Kernels).
 KERNEL_LABELS = ("integer", "mixed", "fake-quant", "float")
 STATUSES = ("ok", "skipped", "failed")

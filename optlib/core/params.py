@@ -133,8 +133,44 @@ class QuantParams:
     exclude_top_k: list[int] = field(default_factory=lambda: [1, 3])
     max_accuracy_drop: float = 0.005  # accuracy budget against FP32 (fraction, judged on the CI)
     gru_study: bool = True  # dynamic quantization of a GRU reading digits row by row (digits data only)
-    qat_epochs: int = 2
-    qat_lr: float = 0.005
+    qat_epochs: int = 2  # fine-tuning recipe: finetune.*
+    qat_freeze_epoch: int | None = None  # epoch (1-based) from which observers and BN statistics freeze; None: the last
+
+
+@dataclass
+class FineTuneParams:
+    # The one fine-tuning recipe (workload.training.finetune) of QAT, pruning and the dense control;
+    # how many epochs each technique trains is its own parameter (quant.qat_epochs, prune.finetune_epochs).
+    lr_scale: float = 0.1  # peak learning rate as a fraction of train.lr (the original training's)
+    schedule: str = choice("cosine", C.SCHEDULES)
+    batch_size: int | None = None  # None: train.batch_size
+    seed: int = 0
+
+
+@dataclass
+class PruneParams:
+    # Unstructured (torch.nn.utils.prune): masks only; accuracy over the sweep, latency of one point.
+    unstructured_criteria: list[str] = choice(["l1", "random"], C.UNSTRUCTURED_CRITERIA)
+    unstructured_scopes: list[str] = choice(["global", "layer"], C.PRUNE_SCOPES)
+    sparsities: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
+    unstructured_finetune_epochs: int = 1  # the l1 global series, masks kept while training; 0: none
+    # Structured (Torch-Pruning, DepGraph): channels removed.
+    criteria: list[str] = choice(["l2", "taylor"], C.STRUCTURED_CRITERIA)  # the first is the main one
+    scopes: list[str] = choice(["layer", "global"], C.PRUNE_SCOPES)  # layer: every layer to the ratio
+    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # fraction of channels removed
+    round_to: int | None = 8  # channel counts rounded to multiples of this; None: no rounding
+    measure_unrounded: bool = True  # the main criterion at unrounded_ratio, with and without rounding
+    # ... at a ratio whose channel counts are not already multiples of round_to (ResNet widths at
+    # 0.25 / 0.5 / 0.75 are multiples of 8, so rounding would change nothing there)
+    unrounded_ratio: float = 0.8
+    iterative_steps: int = 3  # the iterative model: this many prune + fine-tune steps (0: none)
+    iterative_ratio: float = 0.8  # ... up to this ratio
+    finetune_epochs: int = 4  # after each pruning step (and per step for the iterative model)
+    ignored_layers: list[str] = field(default_factory=list)  # module paths kept whole, besides the head
+    prune_head: bool = False  # the classification head is kept whole unless this is set
+    int8: bool = True  # pruned models also through ONNX Runtime static INT8 (04's recipe)
+    dense_control: bool = True  # the unpruned model fine-tuned with the same recipe, measured beside
+    taylor_batches: int = 4  # training batches whose gradients score channels (criterion taylor)
 
 
 @dataclass
@@ -148,6 +184,8 @@ class Params:
     onnx: OnnxParams = field(default_factory=OnnxParams)
     compilers: CompilerParams = field(default_factory=CompilerParams)
     quant: QuantParams = field(default_factory=QuantParams)
+    finetune: FineTuneParams = field(default_factory=FineTuneParams)
+    prune: PruneParams = field(default_factory=PruneParams)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -276,8 +314,35 @@ def _validate(p: Params, source: str) -> Params:
         fail("quant.calibration_size", "and quant.study_sizes must be at least 1")
     if not 0 <= q.max_accuracy_drop < 1:
         fail("quant.max_accuracy_drop", "must be a fraction in [0, 1), e.g. 0.005 for half a point")
-    if q.qat_epochs < 1 or q.qat_lr <= 0:
-        fail("quant.qat_epochs", "must be >= 1 and quant.qat_lr > 0")
+    if q.qat_epochs < 1:
+        fail("quant.qat_epochs", "must be at least 1")
+    if q.qat_freeze_epoch is not None and not 1 <= q.qat_freeze_epoch <= q.qat_epochs:
+        fail("quant.qat_freeze_epoch", f"must be an epoch between 1 and quant.qat_epochs ({q.qat_epochs}), or null")
+    if not 0 < p.finetune.lr_scale <= 10:
+        fail("finetune.lr_scale", f"must be in (0, 10] (a fraction of train.lr), got {p.finetune.lr_scale}")
+    if p.finetune.batch_size is not None and p.finetune.batch_size < 1:
+        fail("finetune.batch_size", "must be at least 1, or null for train.batch_size")
+    pr = p.prune
+    for key in ("sparsities", "ratios"):
+        bad = [r for r in getattr(pr, key) if not 0 < r < 1]
+        if bad:
+            fail(f"prune.{key}", f"must be fractions strictly between 0 and 1, got {bad}")
+    for key in ("iterative_ratio", "unrounded_ratio"):
+        if not 0 < getattr(pr, key) < 1:
+            fail(f"prune.{key}", f"must be strictly between 0 and 1, got {getattr(pr, key)}")
+    if pr.round_to is not None and pr.round_to < 1:
+        fail("prune.round_to", "must be a positive channel multiple such as 8, or null for no rounding")
+    if pr.taylor_batches < 1:
+        fail("prune.taylor_batches", "must be at least 1")
+    if pr.iterative_steps == 1 or pr.iterative_steps < 0:
+        fail("prune.iterative_steps", f"must be 0 (no iterative model) or at least 2, got {pr.iterative_steps} "
+             "(one-shot pruning is prune.ratios)")
+    for key in ("finetune_epochs", "unstructured_finetune_epochs"):
+        if getattr(pr, key) < 0:
+            fail(f"prune.{key}", "must be >= 0")
+    bad = [n for n in pr.ignored_layers if not all(part.isidentifier() for part in n.split("."))]
+    if bad:
+        fail("prune.ignored_layers", f"must be dotted module paths such as layer4.1.conv2, got {bad}")
     if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
         fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
     return p

@@ -217,3 +217,63 @@ def latency_accuracy(records: list[Record]):
     fig.tight_layout()
     return fig
 
+
+
+def pruning_accuracy(unstructured: pd.DataFrame, structured: pd.DataFrame, recovery: pd.DataFrame,
+                     reference_accuracy: float, control_accuracy: float | None = None):
+    """Accuracy against sparsity (unstructured, per criterion and scope, with and without fine-tuning),
+    against the ratio of channels removed (structured, before and after fine-tuning), and per step of
+    iterative pruning; the unpruned model (and its fine-tuned dense control) as lines."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax in axes:
+        ax.axhline(reference_accuracy, color="k", lw=1, label="FP32 unpruned")
+        if control_accuracy is not None:
+            ax.axhline(control_accuracy, color="k", ls=":", lw=1, label="dense control (fine-tuned)")
+    if len(unstructured):
+        for (crit, scope, ft), g in unstructured.groupby(["criterion", "scope", "finetuned"]):
+            axes[0].plot(g["sparsity"], g["accuracy"], marker="o", ls="-" if ft else "--",
+                         label=f"{crit} {scope}" + (" + fine-tune" if ft else ""))
+    axes[0].set(title="unstructured (masks)", xlabel="sparsity of the weights", ylabel="accuracy")
+    if len(structured):
+        for (crit, scope, rnd), g in structured.groupby(["criterion", "scope", structured["round_to"].fillna(0)]):
+            if len(g) < 2:
+                continue
+            line = axes[1].plot(g["ratio"], g["accuracy"], marker="o", label=f"{crit} {scope} fine-tuned")[0]
+            axes[1].plot(g["ratio"], g["accuracy_before_finetune"], marker="x", ls="--", color=line.get_color(),
+                         label=f"{crit} {scope} before")
+    axes[1].set(title="structured (channels removed)", xlabel="ratio of channels removed", ylabel="accuracy")
+    for model, g in recovery.groupby("model") if len(recovery) else []:
+        if g["step"].max() > 1:
+            axes[2].plot(g["step"], g["accuracy_before_finetune"], marker="x", ls="--", label=f"{model} before fine-tune")
+            axes[2].plot(g["step"], g["accuracy_after_finetune"], marker="o", label=f"{model} after fine-tune")
+    axes[2].set(title="iterative pruning", xlabel="step", ylabel="accuracy")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def predicted_vs_measured(records: list[Record], references: dict[str, str]):
+    """Measured same-run speed-up (with its interval) against the speed-up the MACs predict, for each
+    pruned record against the unpruned configuration of the same backend and precision
+    (`references`: record name -> reference name); the diagonal is 'as predicted'."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    pts = []
+    for r in records:
+        pr = r.extra.get("pruning")
+        s = r.speedup(references.get(r.name, "")) if pr else None
+        if s is not None:
+            pts.append((pr["macs_speedup"], s.value, s.ci95, r.name))
+    for x, y, (lo, hi), name in pts:
+        ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", capsize=3)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    top = max([p[0] for p in pts] + [p[1] for p in pts] + [1.5])
+    ax.plot([0.9, top * 1.05], [0.9, top * 1.05], "k--", lw=1, label="as the MACs predict")
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set(xlabel="MACs speed-up (dense MACs / pruned MACs)", ylabel="measured speed-up, batch 1 (same run)",
+           title="predicted against measured")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -374,9 +374,9 @@ def dynamic_runner(graphs: Fp32Graphs, spec: PreprocessSpec, ort_config: OrtConf
                        quantization={"mode": "dynamic", "weights": "int8"})
 
 
-def fp32_runner(graphs: Fp32Graphs, spec: PreprocessSpec, config: OrtConfig) -> OrtRunner:
+def fp32_runner(graphs: Fp32Graphs, spec: PreprocessSpec, config: OrtConfig, name: str = "onnxruntime-fp32") -> OrtRunner:
     """ONNX Runtime FP32 over the same pre-processed graphs the INT8 runners start from."""
-    r = OrtRunner(graphs.paths["model"], spec, name="onnxruntime-fp32", config=config,
+    r = OrtRunner(graphs.paths["model"], spec, name=name, config=config,
                   features_path=graphs.paths.get("features"), head_path=graphs.paths.get("head"))
     return r.describe(size_bytes=onnx_size_bytes(graphs.paths["model"]),
                       one_time_cost_seconds={"export": graphs.export_seconds})

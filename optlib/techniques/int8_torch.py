@@ -25,7 +25,8 @@ from ..backends.artifacts import spec_of
 from ..backends.pytorch import GruRunner, TorchRunner
 from ..results.values import Artifact, Kernels
 from ..workload.data import CalibrationError, PreprocessSpec, preprocess
-from ..workload.models import build_model, save_state_dict, state_dict_size_bytes, train_classifier
+from ..workload.models import build_model, save_state_dict, state_dict_size_bytes
+from ..workload.training import FineTuneRecipe, finetune
 from ..workload.seqmodel import DigitsGRU, train_gru
 from .compilers import InductorConfigPatched, raise_recompile_limits
 
@@ -209,39 +210,43 @@ def quantize_dynamic(model: nn.Module, layers=(nn.Linear, nn.GRU, nn.LSTM)) -> t
 
 # --- QAT ------------------------------------------------------------------------------------
 
-def qat_fx(model: nn.Module, dataset, spec, epochs: int, lr: float, batch_size: int, seed: int,
-           progress: bool = True, outputs=None) -> tuple[nn.Module, dict]:
-    """FX quantization-aware training: fake-quant modules, `epochs` of fine-tuning on the training
-    side (with two or more, observers and BN statistics are frozen for the last epoch, at a tenth of
-    the learning rate), then conversion to integer modules."""
+def qat_fx(model: nn.Module, dataset, spec, recipe: FineTuneRecipe, progress: bool = True,
+           outputs=None) -> tuple[nn.Module, dict]:
+    """FX quantization-aware training: fake-quant modules, fine-tuned on the training side under
+    `recipe` (workload.training.finetune; from recipe.freeze_at on, observers and BatchNorm
+    statistics are frozen, at recipe.lr_after_freeze of the rate), then converted to integer modules."""
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
     if dataset.train is None or len(dataset.train) == 0:
         raise ValueError("QAT needs training images: set data.train_root")
-    if epochs < 1:
+    if recipe.epochs < 1:
         raise ValueError("QAT needs at least one epoch (quant.qat_epochs)")
     torch.backends.quantized.engine = BACKEND
+
+    def freeze(m):
+        m.apply(torch.ao.quantization.disable_observer)
+        m.apply(torch.nn.intrinsic.qat.freeze_bn_stats)
+
     with _quiet():
         m = untie_block_relus(copy.deepcopy(model)).train()
         example = preprocess(dataset.train.images[:2], spec)
         prepared = prepare_qat_fx(m, get_default_qat_qconfig_mapping(BACKEND), (example,))
         t0 = time.perf_counter()
-        # Observers must see data before they are frozen: with one epoch nothing is frozen.
-        free = epochs - 1 if epochs >= 2 else epochs
-        history = train_classifier(prepared, dataset, spec, free, batch_size, lr, seed, progress, outputs)
-        prepared.train()
-        if epochs >= 2:
-            prepared.apply(torch.ao.quantization.disable_observer)
-            prepared.apply(torch.nn.intrinsic.qat.freeze_bn_stats)
-            last = train_classifier(prepared, dataset, spec, 1, batch_size, lr / 10, seed + 1, progress, outputs)
-            history += [{**h, "epoch": len(history) + 1, "observers_frozen": True} for h in last]
+        history = finetune(prepared, dataset, spec, recipe, outputs, progress, on_freeze=freeze, desc="qat")
         seconds = time.perf_counter() - t0
         quantized = convert_fx(prepared.eval())
-    return quantized, {"flow": "fx qat (torch.ao, x86)", "epochs": epochs, "lr": lr, "train_seconds": seconds,
+    return quantized, {"flow": "fx qat (torch.ao, x86)", "recipe": recipe.to_dict(), "train_seconds": seconds,
                        "history": history, **module_evidence(quantized)}
 
 
+def qat_recipe(params) -> FineTuneRecipe:
+    """QAT's recipe from the params: finetune.* for quant.qat_epochs epochs; observers and BatchNorm
+    statistics frozen from quant.qat_freeze_epoch (default: the last epoch when there are two or
+    more; with one, nothing freezes: observers must see data first) at a tenth of the rate."""
+    q = params.quant
+    freeze = q.qat_freeze_epoch or (q.qat_epochs if q.qat_epochs >= 2 else None)
+    return FineTuneRecipe.from_params(params, q.qat_epochs, freeze_at=freeze, lr_after_freeze=0.1)
 
 
 # --- runners and their artifacts --------------------------------------------------------------
@@ -316,14 +321,14 @@ def load_pt2e(artifact: Artifact, name: str, threads: int, device: str) -> Torch
 
 
 def qat_runner(model: nn.Module, dataset, spec: PreprocessSpec, eager: Artifact, out_dir: str | Path, threads: int,
-               epochs: int, lr: float, batch_size: int, seed: int, progress: bool = True, outputs=None) -> TorchRunner:
-    """FX QAT (qat_fx) of `model`, converted to INT8, as `qat-int8`; training is a one-time cost.
-    `outputs` (workload.outputs.Outputs) chooses the training loss."""
-    quantized, info = qat_fx(model, dataset, spec, epochs, lr, batch_size, seed, progress, outputs)
+               recipe: FineTuneRecipe, progress: bool = True, outputs=None) -> TorchRunner:
+    """FX QAT (qat_fx) of `model` under `recipe`, converted to INT8, as `qat-int8`; training is a
+    one-time cost. `outputs` (workload.outputs.Outputs) chooses the training loss."""
+    quantized, info = qat_fx(model, dataset, spec, recipe, progress, outputs)
     return fx_int8_runner(quantized, info, "qat-int8", eager, out_dir, threads, technique="quantization-aware training",
                           one_time_cost_seconds={"fine-tune": info["train_seconds"]},
-                          training={"epochs": epochs, "lr": lr, "seconds": info["train_seconds"],
-                                    "history": info["history"], "data": "training side"})
+                          training={**info["recipe"], "seconds": info["train_seconds"], "history": info["history"],
+                                    "data": "training side"})
 
 
 def gru_runners(dataset, out_dir: str | Path, threads: int, epochs: int, seed: int = 0) -> list[GruRunner]:

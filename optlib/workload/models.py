@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +21,7 @@ from ..core.io import atomic_write, write_json_atomic
 from ..core.params import Params, stable_hash
 from .data import Dataset, PreprocessSpec, preprocess
 from .outputs import Outputs
+from .training import FineTuneRecipe, finetune
 
 
 class CheckpointError(ValueError):
@@ -318,53 +318,12 @@ def split_error(model: nn.Module, sample: torch.Tensor, head: str | None = None)
 
 # --- the embedded default model --------------------------------------------------------------
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
 def train_classifier(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, epochs: int,
                      batch_size: int, lr: float, seed: int, progress: bool = True,
                      outputs: Outputs | None = None) -> list[dict]:
-    """Plain SGD + one-cycle training on dataset.train; returns per-epoch loss / train accuracy.
-    The loss follows `outputs` (cross entropy; binary cross entropy for a single sigmoid logit)."""
-    outputs = outputs or Outputs.for_data(None, dataset.class_names, None)
-    from tqdm.auto import tqdm
-
-    _seed_everything(seed)
-    x = preprocess(dataset.train.images, spec)
-    y = torch.from_numpy(dataset.train.labels)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    steps = max(1, epochs * ((len(x) + batch_size - 1) // batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    model.train()
-    for epoch in tqdm(range(epochs), desc="train", disable=not progress):
-        perm = torch.randperm(len(x), generator=g)
-        total, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one sample
-                continue
-            xb, yb = x[idx], y[idx]
-            # Light augmentation: random shifts of up to 1/8 of the image.
-            shift = spec.image_size // 8
-            dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=g))
-            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
-            out = model(xb)
-            loss = outputs.loss(out, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((outputs.train_predictions(out) == yb).sum())
-            total += len(idx)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / max(total, 1),
-                        "train_accuracy": correct / max(total, 1)})
-    model.eval()
-    return history
+    """Training from scratch (the embedded default model): SGD with a one-cycle schedule on
+    dataset.train (workload.training.finetune); returns per-epoch loss / training accuracy."""
+    return finetune(model, dataset, spec, FineTuneRecipe(epochs, lr, "onecycle", batch_size, seed), outputs, progress)
 
 
 def default_model_key(params: Params, num_classes: int) -> str:

@@ -1,0 +1,209 @@
+"""Pruning: sparsity accounting against a hand count, structured pruning really removing channels,
+the pruned model agreeing with its ONNX export and reloading in a fresh process without a full
+pickle, the shared fine-tuning routine, and the prune parameters' one-line errors."""
+import gzip
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optlib.backends.onnxruntime import OrtConfig, OrtRunner
+from optlib.core import paths
+from optlib.core.params import ParamsError, from_dict
+from optlib.techniques import onnx_export as ox
+from optlib.techniques import pruning
+from optlib.workload.data import PreprocessSpec, load_dataset
+from optlib.workload.models import HEAD_ATTRIBUTE, build_model, count_parameters
+from optlib.workload.training import FineTuneRecipe, finetune
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.lin = nn.Linear(16, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.lin(torch.flatten(nn.functional.adaptive_avg_pool2d(self.conv(x), 2), 1)))
+
+
+def test_unstructured_l1_zeroes_exactly_the_smallest_weights_per_layer_and_globally():
+    m = Tiny()
+    w = {n: getattr(m, n).weight.detach().numpy().copy() for n in ("conv", "lin")}
+    layer = pruning.make_permanent(pruning.unstructured(m, 0.5, "l1", "layer", keep=["fc"]))
+    for n, orig in w.items():
+        got = getattr(layer, n).weight.detach().numpy()
+        k = round(0.5 * orig.size)
+        expected = np.zeros(orig.size, bool)
+        expected[np.argsort(np.abs(orig).ravel(), kind="stable")[:k]] = True
+        assert np.array_equal(got.ravel() == 0, expected)
+    # global: one threshold over conv and lin together; fc kept whole
+    glob = pruning.make_permanent(pruning.unstructured(m, 0.7, "l1", "global", keep=["fc"]))
+    allw = np.concatenate([np.abs(v).ravel() for v in w.values()])
+    threshold = np.sort(allw)[round(0.7 * allw.size) - 1]
+    for n, orig in w.items():
+        assert np.array_equal(getattr(glob, n).weight.detach().numpy() == 0, np.abs(orig) <= threshold)
+    assert not (glob.fc.weight == 0).any()
+    table = pruning.sparsity_table(glob, ["fc"])
+    hand = {n: int((getattr(glob, n).weight == 0).sum()) for n in ("conv", "lin", "fc")}
+    assert table.loc["conv", "zeros"] == hand["conv"] and table.loc["fc", "zeros"] == 0
+    assert table.loc["global", "zeros"] == hand["conv"] + hand["lin"]
+    assert table.loc["global", "sparsity"] == pytest.approx(round(0.7 * allw.size) / allw.size)
+    # permanent: a plain module again, same keys as the unpruned one, no masks left
+    assert set(glob.state_dict()) == set(m.state_dict())
+    assert not any(mod._forward_pre_hooks for mod in glob.modules())
+
+
+def test_sparse_storage_against_a_hand_count():
+    m = pruning.make_permanent(pruning.unstructured(Tiny(), 0.9, "l1", "global", keep=["fc"]))
+    s = pruning.sparse_storage(m)
+    sd = m.state_dict()
+    hand = sum(int((t != 0).sum()) * 4 + (t.numel() + 7) // 8 if t.ndim > 1 else t.numel() * 4 for t in sd.values())
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    assert s["bitmask_bytes"] == hand and s["dense_bytes"] == len(buf.getvalue())
+    assert s["gzip_bytes"] == len(gzip.compress(buf.getvalue(), 6))
+
+
+@pytest.fixture(scope="module")
+def pruned_resnet():
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet18", 10).eval()
+    setattr(model, HEAD_ATTRIBUTE, "fc")
+    x = torch.randn(2, 3, 32, 32)
+    keep = pruning.kept_whole(model, [])
+    plan = pruning.StructuredPlan("l2", 0.5, "layer", 8, 1, keep)
+    pm, info = pruning.structured(model, x[:1], plan)
+    return model, pm, info, x
+
+
+def test_structured_pruning_removes_channels_and_keeps_the_head(pruned_resnet):
+    model, pm, info, x = pruned_resnet
+    assert info["parameters_after"] == count_parameters(pm) < count_parameters(model) / 3
+    assert info["macs_after"] < info["macs_before"] / 3
+    convs = {n: m for n, m in pm.named_modules() if isinstance(m, nn.Conv2d)}
+    orig = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(c.out_channels % 8 == 0 for c in convs.values())
+    assert convs["layer1.0.conv1"].out_channels == orig["layer1.0.conv1"].out_channels // 2
+    assert dict(pm.named_modules())["layer1.0.bn1"].num_features == convs["layer1.0.conv1"].out_channels
+    assert pm.fc.out_features == 10 and pm.fc.in_features == convs["layer4.1.conv2"].out_channels
+    with torch.no_grad():
+        assert pm(x).shape == (2, 10)
+    assert model.fc.in_features == 512  # the original is untouched
+
+
+def test_pruned_model_agrees_with_its_onnx_export(pruned_resnet, tmp_path):
+    _, pm, _, x = pruned_resnet
+    e = ox.export_onnx(pm, x, tmp_path / "pruned.onnx")
+    spec = PreprocessSpec(32, [0.5], [0.5], grayscale_to_rgb=True)
+    ort = OrtRunner(e.path, spec, config=OrtConfig(intra_op_threads=1))
+    with torch.no_grad():
+        ref = pm(x).numpy()
+    out = ort.session.run(None, {ort._in: x.numpy()})[0]
+    assert np.abs(out - ref).max() < ox.FP32_TOLERANCE
+
+
+def test_pruned_model_reloads_in_a_fresh_process_without_a_full_pickle(pruned_resnet, tmp_path):
+    model, pm, _, x = pruned_resnet
+    from optlib.backends.artifacts import eager_artifact
+    from optlib.workload.models import ModelInfo
+
+    info = ModelInfo("torchvision:resnet18", 10, "test", 0, head="fc")
+    spec = PreprocessSpec(32, [0.5], [0.5], grayscale_to_rgb=True)
+    art = pruning.pruned_artifact(pm, eager_artifact(info, spec), tmp_path / "pruned.state.pt")
+    (tmp_path / "artifact.json").write_text(json.dumps(art.__dict__))
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = (
+        "import json, sys, numpy as np, torch\n"
+        "from optlib.backends.artifacts import load_runner\n"
+        "from optlib.results.values import Artifact\n"
+        "real_load = torch.load\n"
+        "def strict(*a, **k):\n"
+        "    assert k.get('weights_only') is True, 'a full pickle was asked for'\n"
+        "    return real_load(*a, **k)\n"
+        "torch.load = strict\n"
+        f"d = json.load(open(r'{tmp_path / 'artifact.json'}'))\n"
+        "r = load_runner(Artifact(**d), threads=1)\n"
+        f"x = torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))\n"
+        "with torch.no_grad(): out = r.model(x).numpy()\n"
+        f"np.save(r'{tmp_path / 'out.npy'}', out)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=paths.REPO_DIR, timeout=300)
+    with torch.no_grad():
+        assert np.array_equal(np.load(tmp_path / "out.npy"), pm(x).numpy())
+
+
+def test_kept_whole_names_a_missing_ignored_layer():
+    m = build_model("torchvision:resnet18", 10)
+    setattr(m, HEAD_ATTRIBUTE, "fc")
+    assert pruning.kept_whole(m, ["layer4.1"]) == ["fc", "layer4.1"]
+    assert pruning.kept_whole(m, [], prune_head=True) == []
+    with pytest.raises(pruning.PruningError, match=r"prune.ignored_layers.*'layer9'"):
+        pruning.kept_whole(m, ["layer9"])
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"ratios": [0.5, 1.0]}, r"'prune.ratios' must be fractions strictly between 0 and 1, got \[1.0\]"),
+    ({"sparsities": [0]}, r"'prune.sparsities'"),
+    ({"criteria": ["l3"]}, r"'prune.criteria' must be one of l2, taylor"),
+    ({"iterative_steps": 1}, r"'prune.iterative_steps' must be 0 \(no iterative model\) or at least 2"),
+    ({"round_to": 0}, r"'prune.round_to'"),
+    ({"ignored_layers": ["layer4/1"]}, r"'prune.ignored_layers'"),
+])
+def test_prune_params_errors_name_the_key(section, match):
+    with pytest.raises(ParamsError, match=match):
+        from_dict({"prune": section}, "p.yaml")
+
+
+def test_finetune_freezes_once_at_the_named_epoch_and_scales_the_rate():
+    ds = load_dataset(from_dict({"data": {"image_size": 16, "max_test_images": 10}}))
+    ds.train.images, ds.train.labels = ds.train.images[:64], ds.train.labels[:64]
+    spec = PreprocessSpec(16, [0.5], [0.5], grayscale_to_rgb=True)
+    model = build_model("torchvision:resnet18", 10)
+    calls = []
+    recipe = FineTuneRecipe(3, 0.01, "constant", batch_size=32, freeze_at=2, lr_after_freeze=0.1)
+    hist = finetune(model, ds, spec, recipe, progress=False, on_freeze=lambda m: calls.append(m))
+    assert len(calls) == 1 and calls[0] is model
+    assert [h["frozen"] for h in hist] == [False, True, True]
+    assert [h["lr_end"] for h in hist] == pytest.approx([0.01, 0.001, 0.001])
+    with pytest.raises(ValueError, match="finetune.schedule"):
+        FineTuneRecipe(1, 0.01, "linear")
+
+
+def test_single_logit_custom_head_model_prunes_keeps_its_head_and_reloads(tmp_path):
+    """The own-model form (backbone + MLP head ending in one logit): the head is kept whole, the
+    backbone loses channels, and the rebuilt model reproduces the pruned one's logits."""
+    from optlib.backends.artifacts import eager_artifact, load_runner
+    from optlib.workload.models import ModelInfo
+
+    torch.manual_seed(0)
+    model = build_model("optlib.workload.example:binary_head_net", 1).eval()
+    setattr(model, HEAD_ATTRIBUTE, "classifier")
+    x = torch.randn(2, 3, 32, 32)
+    keep = pruning.kept_whole(model, [])
+    pm, info = pruning.structured(model, x[:1], pruning.StructuredPlan("l2", 0.5, "layer", 8, 1, keep))
+    assert keep == ["classifier"] and info["parameters_after"] < info["parameters_before"] / 2
+    assert pm.classifier[0].out_features == 128 and pm.classifier[-1].out_features == 1
+    assert pm.classifier[0].in_features == pm.backbone.layer4[1].conv2.out_channels < 512
+    spec = PreprocessSpec(32, [0.5], [0.5], grayscale_to_rgb=True)
+    info_ = ModelInfo("optlib.workload.example:binary_head_net", 1, "test", 0, head="classifier")
+    art = pruning.pruned_artifact(pm, eager_artifact(info_, spec), tmp_path / "p.state.pt")
+    with torch.no_grad():
+        assert np.array_equal(load_runner(art).model(x).numpy(), pm(x).numpy())
+
+
+def test_rounding_gives_multiples_where_the_unrounded_widths_are_not():
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet18", 10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    widths = {}
+    for rnd in (8, None):
+        pm, _ = pruning.structured(model, x, pruning.StructuredPlan("l2", 0.8, "layer", rnd, 1, ["fc"]))
+        widths[rnd] = [m.out_channels for n, m in pm.named_modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths[8]) and any(w % 8 for w in widths[None])
