@@ -155,14 +155,14 @@ class PruningStudy:
         y = torch.from_numpy(np.asarray(train.labels)[idx].astype(np.int64))
         return [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
 
-    def prune(self, plan: pruning.StructuredPlan, epochs: int, between_epochs: int | None = None) -> PrunedModel:
+    def prune(self, plan: pruning.StructuredPlan, epochs: int) -> PrunedModel:
         """Structured pruning under `plan`, accuracy before fine-tuning, then `epochs` of fine-tuning
-        (iterative plans also fine-tune `between_epochs` after each step but the last)."""
+        (iterative plans fine-tune as long after each step)."""
         steps_log = []
 
         def between(model, step):
             before = self.accuracy_row(model)["accuracy"]
-            hist, secs = self.finetune(model, between_epochs or epochs, f"fine-tune step {step}")
+            _, secs = self.finetune(model, epochs, f"fine-tune step {step}")
             steps_log.append({"step": step, "accuracy_before_finetune": before,
                               "accuracy_after_finetune": self.accuracy_row(model)["accuracy"], "finetune_seconds": secs})
 
@@ -184,8 +184,9 @@ class PruningStudy:
         return pruning.StructuredPlan(criterion, ratio, scope, p.round_to if round_to == "params" else round_to, steps, self.keep)
 
     def structured_sweep(self) -> tuple[pd.DataFrame, dict[str, PrunedModel]]:
-        """Every criterion over the ratios per layer, and the main criterion with one global
-        threshold; each fine-tuned for prune.finetune_epochs. Returns (table, models by label)."""
+        """Every criterion over the ratios per layer, the main criterion with one global threshold,
+        and the main criterion at prune.unrounded_ratio with and without rounding; each fine-tuned
+        for prune.finetune_epochs. Returns (table, models by label)."""
         p = self.params.prune
         main = p.criteria[0]
         plans = [self.plan(c, r, "layer") for c in p.criteria for r in p.ratios if "layer" in p.scopes]
@@ -217,10 +218,11 @@ class PruningStudy:
         return self.prune(self.plan(p.criteria[0], p.iterative_ratio, "layer", steps=p.iterative_steps), p.finetune_epochs)
 
     def dense_control(self) -> PrunedModel:
-        """The unpruned model fine-tuned with the same recipe for as many epochs as the iterative
-        model got in all, so that accuracy gained from extra training is not credited to pruning."""
+        """The unpruned model fine-tuned with the same recipe for as many epochs as the most
+        fine-tuned pruned model got in all (the iterative one), so that accuracy gained from extra
+        training is not credited to pruning."""
         p = self.params.prune
-        epochs = p.iterative_steps * p.finetune_epochs
+        epochs = max(p.iterative_steps, 1) * p.finetune_epochs
         m = copy.deepcopy(self.model)
         hist, secs = self.finetune(m, epochs, "fine-tune dense control")
         return PrunedModel("dense-finetuned", m, {"kind": "none (dense control)", "finetune_epochs": epochs,
@@ -327,3 +329,64 @@ def recovery_table(models: list[PrunedModel]) -> pd.DataFrame:
         for s in pm.pruning.get("steps_log", []):
             rows.append({"model": pm.label, **s})
     return pd.DataFrame(rows)
+
+
+def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: PrunedModel | None,
+             best: str | None, ties: list[str], profiles: dict[str, pd.DataFrame]) -> list[str]:
+    """Chapter 06's discussion, one paragraph per finding, from one measure call (`m`,
+    measurement.experiment.Measurement), the budget pick and its ties, and the operator profiles."""
+    from ..results.compare import same_run_ratio
+
+    R, P, lines = m.records, study.params, []
+    if unstructured is not None and f"{unstructured.label}-pytorch-fp32" in R:
+        u, st = unstructured.label, unstructured.pruning["storage"]
+        ratios = {b: same_run_ratio(m.latency_samples, study.reference_of(R[n]), n)
+                  for b, n in (("eager", f"{u}-pytorch-fp32"), ("ONNX Runtime FP32", f"{u}-onnxruntime-fp32")) if n in R}
+        lines.append(f"Unstructured, {unstructured.pruning['sparsity']:.0%} of the weights zero (l1, global): speed against the "
+                     "dense model " + "; ".join(f"{b} {r} ({r.verdict()})" for b, r in ratios.items())
+                     + ". Dense kernels multiply the zeros too. The file does not shrink "
+                     f"({R[f'{u}-pytorch-fp32'].size_bytes / 1e6:.1f} MB); stored sparsely it would take "
+                     f"{st['bitmask_bytes'] / st['dense_bytes']:.0%} (non-zero values + a bitmask), gzip of the dense file "
+                     f"{st['gzip_bytes'] / st['dense_bytes']:.0%}.")
+    pruned = [r for r in R.values() if r.extra.get("pruning", {}).get("kind") == "structured"]
+    for r in sorted(pruned, key=lambda r: r.extra["pruning"]["macs_speedup"]):
+        pr = r.extra["pruning"]
+        if r.precision == "fp32" and r.backend == "onnxruntime":
+            lines.append(f"`{r.name}`: {pr['macs_after'] / 1e6:.1f} M MACs ({pr['macs_speedup']:.2f}x fewer), ONNX Runtime FP32 "
+                         f"{r.speedup('onnxruntime-fp32')}, accuracy {r.accuracy['accuracy']:.2%} after "
+                         f"{pr['finetune_seconds']:.0f} s of fine-tuning.")
+    rounded = f"structured-{P.prune.criteria[0]}-{round(P.prune.unrounded_ratio * 100)}"
+    for b in ("onnxruntime-fp32", "onnxruntime-int8"):
+        a, raw = f"{rounded}-{b}", f"{rounded}-unrounded-{b}"
+        if a in R and raw in R:
+            r = same_run_ratio(m.latency_samples, raw, a)
+            widths = {n: sorted({c[1] for c in R[n].extra["pruning"]["channels"].values()}) for n in (a, raw)}
+            lines.append(f"Channel counts rounded to multiples of {P.prune.round_to} at ratio {P.prune.unrounded_ratio:g} "
+                         f"(widths {widths[a]} against {widths[raw]}), {b}: rounded runs at {r} the speed of unrounded "
+                         f"({r.verdict()}).")
+    if control is not None and "dense-finetuned-onnxruntime-fp32" in R:
+        c = R["dense-finetuned-onnxruntime-fp32"]
+        lines.append(f"Dense control (unpruned, {control.pruning['finetune_epochs']} epochs of the same fine-tuning): accuracy "
+                     f"{c.accuracy['accuracy']:.2%}, change against FP32 {c.fidelity.describe_change()}; a pruned model's gain "
+                     "over the unpruned one up to this much is extra training, not pruning.")
+    budget = P.quant.max_accuracy_drop
+    if best:
+        b, dense_int8 = R[best], study.dense_int8_name()
+        stages = b.latency_ms
+        lines.append(f"Within the budget of {budget:.1%} (judged on the interval's lower bound) the fastest configuration is "
+                     f"**{best}** ({b.kernels.label if b.kernels else 'float'} kernels): {b.latency.median:.3f} ms at batch "
+                     f"{b.batch_size}, {b.speedup('pytorch-fp32')} eager FP32"
+                     + (f", {b.speedup(dense_int8)} the unpruned ONNX Runtime INT8" if b.speedup(dense_int8) else "")
+                     + f"; size {b.size_bytes / 1e6:.2f} MB; accuracy change {b.fidelity.describe_change()}."
+                     + (f" Of its latency, preprocessing (its own stage) takes {stages['preprocessing'].median:.3f} ms."
+                        if "preprocessing" in stages else ""))
+        if b.fidelity.operating_point is not None:
+            lines.append(f"Its operating point against FP32: {b.fidelity.operating_point.describe()}.")
+        if ties:
+            lines.append("Inside the budget and not distinguishable from it in batch-1 latency: " + ", ".join(ties) + ".")
+    else:
+        lines.append(f"No configuration stays within {budget:.1%} on its whole interval: see the budget table.")
+    for n, t in profiles.items():
+        lines.append(f"`{n}`: {t.loc['all operators', 'us_per_call']:.0f} us per call in operators, "
+                     f"{t.loc['outside operators', 'share_of_run']:.0%} of the run outside them.")
+    return lines
