@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..backends.onnxruntime import OrtConfig, OrtRunner
+from ..backends.onnxruntime import OrtConfig, OrtRunner, make_session
 from ..core.choices import GRAPH_OPTIMIZATION_LEVELS
 from ..core.params import Params
 from ..workload.data import PreprocessSpec
@@ -47,10 +47,6 @@ def op_profile(path: str | Path, config: OrtConfig, x: np.ndarray, calls: int = 
     each operator type as executed (after graph optimisation), its share of the run, and the rows
     `all operators` and `outside operators` (the session's run time not spent in any operator:
     input/output handling, scheduling), over `calls` runs on `x` after `warmup`."""
-    import onnxruntime as ort  # noqa: F401 (make_session needs it)
-
-    from ..backends.onnxruntime import make_session
-
     with tempfile.TemporaryDirectory(prefix="optlib-prof-") as d:
         sess, _ = make_session(path, dataclasses.replace(config, profile_prefix=str(Path(d) / "prof")))
         name = sess.get_inputs()[0].name
