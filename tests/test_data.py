@@ -59,3 +59,24 @@ def test_preprocess_matches_reference_formula():
     t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
     ref = F.interpolate(t, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)[0].numpy()
     np.testing.assert_allclose(x[1].numpy(), (ref - mean) / std, atol=1e-5)
+
+
+def test_preprocess_resizes_grayscale_like_pil_in_every_channel():
+    """Grayscale images are resized once and spread over the channels by the normalisation: each
+    channel must equal PIL's bilinear resize of the image (an independent implementation)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, size=(8, 8), dtype=np.uint8)
+    wide = rng.integers(0, 256, size=(12, 20), dtype=np.uint8)
+    for mean, std in (([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), ([0.5], [0.25])):
+        spec = PreprocessSpec(32, mean, std, grayscale_to_rgb=True)
+        x = preprocess([small, wide], spec)  # different shapes: resized one by one
+        assert x.shape == (2, 3, 32, 32) and x.is_contiguous()
+        for i, im in enumerate((small, wide)):
+            pil = np.asarray(Image.fromarray((im / 255.0).astype(np.float32), mode="F")
+                             .resize((32, 32), Image.BILINEAR))
+            m = np.broadcast_to(np.array(mean, dtype=np.float32), (3,))[:, None, None]
+            s = np.broadcast_to(np.array(std, dtype=np.float32), (3,))[:, None, None]
+            np.testing.assert_allclose(x[i].numpy(), (pil[None] - m) / s, atol=1e-4)
+        np.testing.assert_array_equal(preprocess([small], spec)[0].numpy(), x[0].numpy())
