@@ -66,10 +66,11 @@ class Chapter:
         return r.describe(size_bytes=state_dict_size_bytes(self.model),
                           artifact=eager_artifact(self.model_info, self.spec, channels_last))
 
-    def measure(self, runners, **kwargs) -> Measurement:
-        """measurement.experiment.measure on this chapter's evaluated images (see there for kwargs)."""
+    def measure(self, runners, params: Params | None = None, **kwargs) -> Measurement:
+        """measurement.experiment.measure on this chapter's evaluated images (see there for kwargs);
+        `params` replaces the chapter's (e.g. fewer calls for a slow round)."""
         t = self.dataset.test
-        return measure(runners, t.images, t.labels, self.dataset.class_names, self.params, self.notebook,
+        return measure(runners, t.images, t.labels, self.dataset.class_names, params or self.params, self.notebook,
                        data_summary=self.dataset.summary(), outputs=self.outputs, **kwargs)
 
     def skip(self, name: str, technique: str, backend: str, precision: str, reason: str, **kwargs) -> Record:
@@ -94,8 +95,11 @@ class Chapter:
 def setup(notebook: str, params_file: str | None = None, progress: bool = True, **sections) -> Chapter:
     """Validate the notebook's parameters (`sections` are the parameters cell's variables), set the
     thread count, load the data and the model (training and caching the default one if needed)."""
+    from .techniques.int8_torch import use_engine
+
     params = notebook_params(params_file, **sections)
     torch.set_num_threads(params.bench.threads)
+    use_engine(params.quant.engine)
     dataset = load_dataset(params)
     model, info = load_model(params, dataset, progress=progress)
     return Chapter(params, notebook, dataset, model, info, PreprocessSpec.from_params(params.data),

@@ -46,8 +46,8 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     nf = rec["noise_floor"]
     assert nf["paired"]["ci95"][0] <= nf["paired"]["value"] <= nf["paired"]["ci95"][1]
     assert nf["twin_flips"] == 0 and nf["twin_max_abs_diff"] == 0.0
-    for nb in ("00_data_and_model", "01_baseline", "02_onnx_and_compilers", "04_int8_ptq", "04b_int8_studies",
-               "05_int8_qat", "06_pruning", "99_comparison"):
+    for nb in ("00_data_and_model", "01_baseline", "02_onnx_and_compilers", "03_fp16_bf16", "04_int8_ptq",
+               "04b_int8_studies", "05_int8_qat", "06_pruning", "99_comparison"):
         assert (tmp_path / "smoke" / "notebooks" / f"{nb}.ipynb").is_file()
     # every record reads back typed; every measured configuration was rebuilt from its artifact in a
     # child process (its memory was measured there), and carries same-run speed-ups
@@ -72,6 +72,16 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert by_name["unstructured-l1-global-90-pytorch-fp32"].extra["pruning"]["macs_speedup"] == 1.0
     assert {"structured-l2-60-iter2-onnxruntime-int8", "dense-finetuned-onnxruntime-int8"} <= set(by_name)
     assert (tmp_path / "smoke" / "pruning_choice.json").is_file()
+    # reduced precision: BF16 weights reload from their own file; torch.compile BF16 is compared with
+    # compiled FP32 in the same run; FP16 in PyTorch had its own, shorter round; CUDA variants skipped
+    bf16 = by_name["pytorch-bf16"]
+    assert bf16.precision == "bf16" and bf16.artifact.kind == "pytorch-precision" and "state" in bf16.artifact.files
+    assert bf16.speedup("onnxruntime-fp32") is not None and bf16.kernels.label in ("reduced-precision", "mixed")
+    assert by_name["compile-bf16"].speedup("compile-fp32") is not None
+    assert by_name["pytorch-fp16"].latency.count == 2 and by_name["pytorch-fp16"].speedup("pytorch-fp32") is not None
+    assert by_name["onnxruntime-fp16"].kernels.label == "cast-emulated"
+    skipped = {r.name: r.reason for r in records if r.status == "skipped"}
+    assert skipped["cuda-pytorch-fp16"].startswith("needs a CUDA GPU")
     html = (tmp_path / "smoke" / "report.html").read_text()
     assert "pytorch-fp32" in html and "data:image/png;base64" in html
     assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()
@@ -159,3 +169,31 @@ def test_single_logit_custom_head_lightning_model_end_to_end(tmp_path):
         "checkpoint hyper_parameters.threshold = 0.5: agrees with model.decision_threshold = 0.5"]
     assert rec["extra"]["stage_split"] and rec["extra"]["stage_split_max_abs_diff"] < 1e-4
     assert rec["noise_floor"]["twin_flips"] == 0
+
+
+def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_path, monkeypatch):
+    """params/edge.yaml as committed validates; with the smoke sizes it runs 00-06: MobileNetV2
+    trained here, one thread, PyTorch INT8 on the QNNPACK engine (recorded with its artifact)."""
+    from optlib.core.params import from_dict
+    from optlib.results.records import load_records
+
+    edge = yaml.safe_load((paths.PARAMS_DIR / "edge.yaml").read_text())
+    p = from_dict(edge, "params/edge.yaml")
+    assert (p.model.arch, p.quant.engine, p.bench.threads) == ("torchvision:mobilenet_v2", "qnnpack", 1)
+    smoke = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())
+    edge.update(target="edge-smoke", data=smoke["data"], train=smoke["train"],
+                bench={**smoke["bench"], "threads": 1, "memory": False}, compilers={"compile_modes": []})
+    edge["quant"].update(calibration_size=16, qat_epochs=1)
+    edge["prune"].update(sparsities=[0.9], ratios=[0.5], finetune_epochs=1)
+    edge["precision"].update(slow_samples=2, slow_trials=1)
+    f = tmp_path / "edge-smoke.yaml"
+    f.write_text(yaml.safe_dump(edge))
+    run_cli(["run", "--params", str(f), "--notebooks", "00,01,02,03,04,05,06"], tmp_path)
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
+    records = {r.name: r for r in load_records("edge-smoke")}
+    assert not [r.reason for r in records.values() if r.status == "failed"]
+    fx = records["pytorch-int8-static"]
+    assert fx.artifact.options["engine"] == "qnnpack" and fx.kernels.label == "integer"
+    assert fx.settings["threads"] == 1 and records["pytorch-fp32"].extra["model"]["arch"] == "torchvision:mobilenet_v2"
+    assert {"onnxruntime-int8-static-minmax", "qat-int8", "pytorch-bf16", "structured-l2-50-onnxruntime-int8"} <= {
+        n for n, r in records.items() if r.ok}

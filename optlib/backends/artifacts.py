@@ -27,6 +27,7 @@ LOADERS = {
     "pt2e-int8": "optlib.techniques.int8_torch:load_pt2e",
     "gru": "optlib.techniques.int8_torch:load_gru",
     "pytorch-pruned": "optlib.techniques.pruning:load_pruned",
+    "pytorch-precision": "optlib.techniques.precision:load_precision",
 }
 
 

@@ -5,7 +5,7 @@ split; `predict` runs the single full graph, so the headline total pays nothing 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,17 @@ class OrtRunner(Runner):
             files.update(features=str(features_path), head=str(head_path))
         self.artifact = Artifact("onnxruntime", files, {"config": {**asdict(part_config)}},
                                  spec.to_dict() if spec is not None else None)
+
+    def with_threads(self, threads: int, name: str) -> "OrtRunner":
+        """The same graphs in sessions of their own with `threads` intra-op threads, described like
+        this runner (size, kernels, one-time costs, details): a thread count is a setting, not a
+        new model."""
+        f = self.artifact.files
+        r = OrtRunner(f["model"], self.spec, name=name, config=replace(self.config, intra_op_threads=threads),
+                      features_path=f.get("features"), head_path=f.get("head"), technique=self.technique,
+                      precision=self.precision)
+        return r.describe(size_bytes=self.size_bytes, kernels=self.kernels,
+                          one_time_cost_seconds=self.one_time_cost_seconds, **self.details)
 
     def _run(self, sess, x: np.ndarray) -> np.ndarray:
         return sess.run(None, {sess.get_inputs()[0].name: x})[0]

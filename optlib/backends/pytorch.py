@@ -17,15 +17,17 @@ class TorchRunner(Runner):
     def __init__(self, model: nn.Module, spec: PreprocessSpec, name: str = "pytorch-fp32",
                  device: str = "cpu", threads: int = 2, channels_last: bool = False,
                  technique: str = "baseline", precision: str = "fp32",
-                 parts: tuple[nn.Module, nn.Module] | None = None, extra_settings: dict | None = None):
+                 parts: tuple[nn.Module, nn.Module] | None = None, extra_settings: dict | None = None,
+                 input_dtype: torch.dtype = torch.float32):
         """`model` is any module (eager, TorchScript, compiled); `parts` = (features, head) overrides
-        the split of `model` (e.g. separately compiled parts)."""
+        the split of `model` (e.g. separately compiled parts); `input_dtype` is what the model takes
+        (bfloat16 / float16 for a model whose weights were converted: the cast is preprocessing)."""
         super().__init__(spec)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device: cuda was asked for but torch.cuda.is_available() is False")
         self.name, self.device, self.threads = name, device, threads
         self.technique, self.precision = technique, precision
-        self.channels_last = channels_last
+        self.channels_last, self.input_dtype = channels_last, input_dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.eval()
         if device != "cpu" or channels_last:
@@ -39,7 +41,7 @@ class TorchRunner(Runner):
 
     def _input(self, images) -> torch.Tensor:
         x = super().preprocess(images)
-        return x.to(self.device, memory_format=self.memory_format, non_blocking=True)
+        return x.to(device=self.device, dtype=self.input_dtype, memory_format=self.memory_format, non_blocking=True)
 
     def preprocess(self, images):
         return self._input(images)
@@ -62,6 +64,7 @@ class TorchRunner(Runner):
 
     def settings(self) -> dict:
         return {"memory_format": "channels_last" if self.channels_last else "contiguous",
+                **({"input_dtype": str(self.input_dtype).removeprefix("torch.")} if self.input_dtype != torch.float32 else {}),
                 "torch_threads": torch.get_num_threads(), "grad": "inference_mode", **self.extra_settings}
 
 

@@ -14,12 +14,17 @@ COMPILE_MODES = ("default", "freezing", "max-autotune")  # torch.compile on indu
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("uint8", "int8")  # activation / weight types of ONNX Runtime static INT8
 QUANT_FORMATS = ("QDQ", "QOperator")
+QUANT_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")  # PyTorch's quantized engine (qnnpack: ARM's)
 SCHEDULES = ("onecycle", "cosine", "constant")  # learning-rate schedules of workload.training.finetune
 UNSTRUCTURED_CRITERIA = ("l1", "random")  # torch.nn.utils.prune
 STRUCTURED_CRITERIA = ("l2", "taylor", "bn_scale", "random")  # Torch-Pruning importance
 PRUNE_SCOPES = ("layer", "global")  # each layer to the ratio, or one threshold over all layers
-# What a record says about the kernels that really ran (see results.values.Kernels).
-KERNEL_LABELS = ("integer", "mixed", "fake-quant", "float")
+# Reduced-precision variants of chapter 03 (techniques.precision): converted weights or autocast.
+PRECISION_VARIANTS = ("bf16-autocast", "bf16", "fp16-autocast", "fp16")
+# What a record says about the kernels that really ran (see results.values.Kernels): integer or
+# reduced-precision (BF16/FP16) arithmetic, float kernels behind quantize/dequantize pairs
+# (fake-quant) or behind casts / per-element widening (cast-emulated), a mix, or plain float.
+KERNEL_LABELS = ("integer", "reduced-precision", "mixed", "fake-quant", "cast-emulated", "float")
 STATUSES = ("ok", "skipped", "failed")
 
 

@@ -125,7 +125,8 @@ class QuantParams:
     quant_format: str = choice("QDQ", C.QUANT_FORMATS)  # QDQ: the fast path
     compare_formats: bool = True  # also measure per-tensor, QOperator and int8 (s8s8) activations
     dynamic: bool = True  # ORT dynamic INT8 (slow for CNNs: shown, not recommended)
-    pytorch_native: bool = True  # FX static INT8 on the x86 backend
+    pytorch_native: bool = True  # FX static INT8 on PyTorch's quantized engine (quant.engine)
+    engine: str = choice("x86", C.QUANT_ENGINES)  # qnnpack: the ARM kernels (the edge target)
     pt2e: bool = True  # torchao PT2E + torch.compile(freezing)
     study_sizes: list[int] = field(default_factory=lambda: [1, 10, 100, 500])  # [] skips the study
     study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -169,8 +170,25 @@ class PruneParams:
     ignored_layers: list[str] = field(default_factory=list)  # module paths kept whole, besides the head
     prune_head: bool = False  # the classification head is kept whole unless this is set
     int8: bool = True  # pruned models also through ONNX Runtime static INT8 (04's recipe)
+    # Further intra-op thread counts for the INT8 graphs (unpruned and pruned), each a configuration
+    # of its own: a small graph can lose more to ONNX Runtime's per-operator parallelism than it
+    # gains. At most bench.threads (the budget every configuration shares); [] for none.
+    ort_threads: list[int] = field(default_factory=list)
     dense_control: bool = True  # the unpruned model fine-tuned with the same recipe, measured beside
     taylor_batches: int = 4  # training batches whose gradients score channels (criterion taylor)
+
+
+@dataclass
+class PrecisionParams:
+    """Chapter 03: reduced precision (techniques.precision)."""
+    variants: list[str] = choice(["bf16-autocast", "bf16", "fp16-autocast", "fp16"], C.PRECISION_VARIANTS)
+    channels_last: bool = True  # every variant also in channels_last
+    compile: bool = True  # torch.compile (compilers.compile_modes[0]) of the BF16 model beside FP32's
+    onnx_fp16: bool = True  # an FP16 ONNX graph (I/O kept FP32) in ONNX Runtime beside the FP32 graph
+    # FP16 in PyTorch on a CPU without FP16 arithmetic is ~10x slower than FP32: those variants are
+    # timed in their own round (with eager FP32 again, for same-run ratios) with fewer calls.
+    slow_samples: int = 20
+    slow_trials: int = 5
 
 
 @dataclass
@@ -186,6 +204,7 @@ class Params:
     quant: QuantParams = field(default_factory=QuantParams)
     finetune: FineTuneParams = field(default_factory=FineTuneParams)
     prune: PruneParams = field(default_factory=PruneParams)
+    precision: PrecisionParams = field(default_factory=PrecisionParams)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -318,6 +337,8 @@ def _validate(p: Params, source: str) -> Params:
         fail("quant.qat_epochs", "must be at least 1")
     if q.qat_freeze_epoch is not None and not 1 <= q.qat_freeze_epoch <= q.qat_epochs:
         fail("quant.qat_freeze_epoch", f"must be an epoch between 1 and quant.qat_epochs ({q.qat_epochs}), or null")
+    if q.pt2e and q.engine != "x86":
+        fail("quant.pt2e", f"uses torchao's X86InductorQuantizer: set it false when quant.engine is {q.engine!r}")
     if not 0 < p.finetune.lr_scale <= 10:
         fail("finetune.lr_scale", f"must be in (0, 10] (a fraction of train.lr), got {p.finetune.lr_scale}")
     if p.finetune.batch_size is not None and p.finetune.batch_size < 1:
@@ -332,6 +353,9 @@ def _validate(p: Params, source: str) -> Params:
             fail(f"prune.{key}", f"must be strictly between 0 and 1, got {getattr(pr, key)}")
     if pr.round_to is not None and pr.round_to < 1:
         fail("prune.round_to", "must be a positive channel multiple such as 8, or null for no rounding")
+    bad = [t for t in pr.ort_threads if not 1 <= t <= p.bench.threads]
+    if bad:
+        fail("prune.ort_threads", f"must be thread counts from 1 to bench.threads ({p.bench.threads}), got {bad}")
     if pr.taylor_batches < 1:
         fail("prune.taylor_batches", "must be at least 1")
     if pr.iterative_steps == 1 or pr.iterative_steps < 0:
@@ -343,6 +367,9 @@ def _validate(p: Params, source: str) -> Params:
     bad = [n for n in pr.ignored_layers if not all(part.isidentifier() for part in n.split("."))]
     if bad:
         fail("prune.ignored_layers", f"must be dotted module paths such as layer4.1.conv2, got {bad}")
+    for key in ("slow_samples", "slow_trials"):
+        if getattr(p.precision, key) < 1:
+            fail(f"precision.{key}", "must be at least 1")
     if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
         fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
     return p

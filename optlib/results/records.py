@@ -23,7 +23,8 @@ This module is the one place the schema is defined. A record (schema "optlib.res
   memory             Memory: peak resident memory of a fresh process running this configuration
   accuracy           measurement.metrics.classification_metrics(...)
   fidelity           Fidelity against the reference; None for the reference itself
-  kernels            Kernels: what really executed (integer / mixed / fake-quant / float)
+  kernels            Kernels: what really executed (integer / reduced-precision / mixed / fake-quant /
+                     cast-emulated / float)
   one_time_cost_seconds  {label: seconds} paid once (export, calibration, compile, fine-tune, ...)
   artifact           Artifact the configuration is rebuilt from (backends.artifacts.load_runner)
   settings           runtime options that produced the numbers (threads, spinning, providers)

@@ -34,7 +34,8 @@ VOCABULARY = {
                           "paired bootstrap interval (specificity_change likewise)",
     "size_mb": "size of the deployable artifact on disk, MB (10^6 bytes)",
     "peak_memory_mb": "peak resident memory of a fresh process running this configuration, MB",
-    "kernels": "what really ran: integer, mixed (some heavy operators in float), fake-quant or float",
+    "kernels": "what really ran: integer or reduced-precision (BF16/FP16) kernels, mixed (some heavy operators "
+               "in float), fake-quant, cast-emulated (reduced storage, FP32 arithmetic) or float",
 }
 
 

@@ -4,6 +4,7 @@ apart from steady-state latency; the runners chapter 02 measures, and their arti
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import tempfile
 import time
@@ -211,8 +212,11 @@ def load_torchscript(artifact: Artifact, name: str, threads: int, device: str) -
                        technique="compiler", parts=parts)
 
 
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def compiled_runners(model: nn.Module, eager: Artifact, modes: list[str], samples: dict[int, torch.Tensor],
-                     threads: int, device: str = "cpu", measure_cold: bool = True,
+                     threads: int, device: str = "cpu", measure_cold: bool = True, dtype: torch.dtype = torch.float32,
                      ) -> tuple[list[TorchRunner], list[tuple[str, str]]]:
     """torch.compile runners, one per process: (runners, [(name, reason) of the modes not compiled]).
 
@@ -221,14 +225,20 @@ def compiled_runners(model: nn.Module, eager: Artifact, modes: list[str], sample
     (observed: a 0.0 s "compile" and the first mode's latency). Only `modes[0]` is compiled; the
     others come back with the reason, to be recorded as skipped. `samples` maps batch size -> input:
     the smallest pays the compile (cold and warm cache with `measure_cold`), each other one its
-    recompile, all recorded as one-time costs. `eager` is the FP32 model's artifact.
+    recompile, all recorded as one-time costs. `eager` is the FP32 model's artifact. `dtype`
+    bfloat16 / float16 compiles a copy of the model with its weights converted (chapter 03); the
+    guards see the dtype, so it compiles its own graph beside an FP32 one.
     """
     if not modes:
         return [], []
-    names = ["compile-fp32" if m == "default" else f"compile-fp32-{m}" for m in modes]
+    label = PRECISION_NAMES[dtype]
+    names = [f"compile-{label}" if m == "default" else f"compile-{label}-{m}" for m in modes]
     skipped = [(n, f"only one torch.compile mode per process: {modes[0]!r} was compiled first and dynamo would reuse "
                    f"its graph; run this notebook again with compilers.compile_modes: [{m}] to measure it")
                for n, m in zip(names[1:], modes[1:])]
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
+        samples = {bs: x.to(dtype) for bs, x in samples.items()}
     mode, spec = modes[0], spec_of(eager)
     bs1 = min(samples)
     full = compile_model(model, mode, samples[bs1], measure_cold=measure_cold)
@@ -240,18 +250,23 @@ def compiled_runners(model: nn.Module, eager: Artifact, modes: list[str], sample
     if feats:
         costs["compile features part"] = sum(feats.compile_seconds.values())
     settings = {"torch_compile": {"mode": mode, "options": full.options, "dynamic": False}}
-    runner = TorchRunner(full.module, spec, name=names[0], device=device, threads=threads, technique="compiler",
-                         parts=(feats.module, parts[1]) if feats else None, extra_settings=settings)
-    artifact = Artifact("torch-compile", dict(eager.files), {**eager.options, "mode": mode}, eager.preprocess)
+    runner = TorchRunner(full.module, spec, name=names[0], device=device, threads=threads,
+                         technique="compiler" if dtype == torch.float32 else "precision", precision=label,
+                         parts=(feats.module, parts[1]) if feats else None, extra_settings=settings, input_dtype=dtype)
+    options = {**eager.options, "mode": mode, **({"dtype": label} if dtype != torch.float32 else {})}
+    artifact = Artifact("torch-compile", dict(eager.files), options, eager.preprocess)
     runner.describe(size_bytes=state_dict_size_bytes(model), artifact=artifact, one_time_cost_seconds=costs, **settings)
     return [runner], skipped
 
 
 def load_compiled(artifact: Artifact, name: str, threads: int, device: str) -> TorchRunner:
-    """The eager model compiled again in `mode` (compilation happens lazily, at the first call)."""
-    model = build_eager(artifact)
+    """The eager model (converted to the artifact's dtype, if any) compiled again in `mode`
+    (compilation happens lazily, at the first call)."""
+    dtype = {v: k for k, v in PRECISION_NAMES.items()}[artifact.options.get("dtype", "fp32")]
+    model = build_eager(artifact).to(dtype)
     kwargs, patch = compile_options(artifact.options["mode"])
     raise_recompile_limits()
     parts = split_model(model)
     return TorchRunner(_compile(model, kwargs, patch), spec_of(artifact), name=name, device=device, threads=threads,
-                       technique="compiler", parts=(_compile(parts[0], kwargs, patch), parts[1]) if parts else None)
+                       technique="compiler", precision=PRECISION_NAMES[dtype], input_dtype=dtype,
+                       parts=(_compile(parts[0], kwargs, patch), parts[1]) if parts else None)

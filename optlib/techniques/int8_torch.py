@@ -1,4 +1,5 @@
-"""INT8 in PyTorch: FX static post-training quantization (x86 backend, Conv+BN+ReLU fused),
+"""INT8 in PyTorch: FX static post-training quantization (Conv+BN+ReLU fused; the x86 backend, or
+the engine `use_engine` names, e.g. qnnpack for ARM-style kernels on the edge target),
 the PT2E flow from torchao (X86InductorQuantizer, compiled with inductor freezing), dynamic
 quantization of Linear / LSTM / GRU, and FX quantization-aware training.
 
@@ -30,7 +31,28 @@ from ..workload.training import FineTuneRecipe, finetune
 from ..workload.seqmodel import DigitsGRU, train_gru
 from .compilers import InductorConfigPatched, raise_recompile_limits
 
-BACKEND = "x86"
+_ENGINE = {"name": "x86"}  # PyTorch's quantized engine is process-wide; quant.engine sets it per run
+
+
+def use_engine(name: str) -> str:
+    """Make `name` (core.choices.QUANT_ENGINES) the quantized engine of this process: the qconfig
+    of every FX / QAT / dynamic quantization here and the kernels its modules run. Returns it."""
+    from ..core.choices import QUANT_ENGINES, check_choice
+
+    check_choice("quant.engine", name, QUANT_ENGINES)
+    if name not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(f"quant.engine {name!r} is not built into this torch "
+                           f"(supported: {torch.backends.quantized.supported_engines})")
+    _ENGINE["name"] = name
+    torch.backends.quantized.engine = name
+    return name
+
+
+def engine() -> str:
+    """The quantized engine in use (and re-applied: other code may have changed the global)."""
+    torch.backends.quantized.engine = _ENGINE["name"]
+    return _ENGINE["name"]
+
 HEAVY_MODULES = ("Conv2d", "ConvReLU2d", "Linear", "LinearReLU", "GRU", "LSTM")
 
 
@@ -112,21 +134,22 @@ def _calibrate(model: nn.Module, calibration: torch.Tensor, batch_size: int = 32
 
 
 def quantize_fx_static(model: nn.Module, calibration: torch.Tensor) -> tuple[nn.Module, dict]:
-    """FX graph-mode static INT8 for the x86 backend (Conv+BN+ReLU fused, per-channel weights)."""
+    """FX graph-mode static INT8 for the engine in use (Conv+BN+ReLU fused; x86: per-channel weights)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     if calibration is None or len(calibration) == 0:
         raise CalibrationError("PyTorch static quantization needs calibration images; none were given")
-    torch.backends.quantized.engine = BACKEND
+    name = engine()
     with _quiet():
         m = untie_block_relus(copy.deepcopy(model).eval())
         t0 = time.perf_counter()
-        prepared = prepare_fx(m, get_default_qconfig_mapping(BACKEND), (calibration[:1],))
+        prepared = prepare_fx(m, get_default_qconfig_mapping(name), (calibration[:1],))
         _calibrate(prepared, calibration)
         quantized = convert_fx(prepared)
         seconds = time.perf_counter() - t0
-    return quantized, {"flow": "fx static (torch.ao, x86)", "seconds": seconds, **module_evidence(quantized)}
+    return quantized, {"flow": f"fx static (torch.ao, {name})", "engine": name, "seconds": seconds,
+                       **module_evidence(quantized)}
 
 
 # --- PT2E (torchao) ---------------------------------------------------------------------------
@@ -202,7 +225,7 @@ def graph_constant_bytes(gm: torch.fx.GraphModule) -> dict:
 
 def quantize_dynamic(model: nn.Module, layers=(nn.Linear, nn.GRU, nn.LSTM)) -> tuple[nn.Module, dict]:
     """Dynamic INT8: weights quantized once, activations quantized per call (Linear / RNN layers)."""
-    torch.backends.quantized.engine = BACKEND
+    engine()
     with _quiet():
         q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), set(layers), dtype=torch.qint8)
     return q, {"flow": "dynamic (torch.ao quantize_dynamic)", **module_evidence(q)}
@@ -222,7 +245,7 @@ def qat_fx(model: nn.Module, dataset, spec, recipe: FineTuneRecipe, progress: bo
         raise ValueError("QAT needs training images: set data.train_root")
     if recipe.epochs < 1:
         raise ValueError("QAT needs at least one epoch (quant.qat_epochs)")
-    torch.backends.quantized.engine = BACKEND
+    name = engine()
 
     def freeze(m):
         m.apply(torch.ao.quantization.disable_observer)
@@ -231,12 +254,12 @@ def qat_fx(model: nn.Module, dataset, spec, recipe: FineTuneRecipe, progress: bo
     with _quiet():
         m = untie_block_relus(copy.deepcopy(model)).train()
         example = preprocess(dataset.train.images[:2], spec)
-        prepared = prepare_qat_fx(m, get_default_qat_qconfig_mapping(BACKEND), (example,))
+        prepared = prepare_qat_fx(m, get_default_qat_qconfig_mapping(name), (example,))
         t0 = time.perf_counter()
         history = finetune(prepared, dataset, spec, recipe, outputs, progress, on_freeze=freeze, desc="qat")
         seconds = time.perf_counter() - t0
         quantized = convert_fx(prepared.eval())
-    return quantized, {"flow": "fx qat (torch.ao, x86)", "recipe": recipe.to_dict(), "train_seconds": seconds,
+    return quantized, {"flow": f"fx qat (torch.ao, {name})", "engine": name, "recipe": recipe.to_dict(), "train_seconds": seconds,
                        "history": history, **module_evidence(quantized)}
 
 
@@ -258,11 +281,11 @@ def _fx_skeleton(arch: str, num_classes: int, spec: PreprocessSpec) -> nn.Module
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    torch.backends.quantized.engine = BACKEND
+    name = engine()
     example = torch.zeros(1, spec.channels, spec.image_size, spec.image_size)
     with _quiet():
         m = untie_block_relus(build_model(arch, num_classes).eval())
-        return convert_fx(prepare_fx(m, get_default_qconfig_mapping(BACKEND), (example,)))
+        return convert_fx(prepare_fx(m, get_default_qconfig_mapping(name), (example,)))
 
 
 def fx_int8_runner(quantized: nn.Module, info: dict, name: str, eager: Artifact, out_dir: str | Path, threads: int,
@@ -272,13 +295,14 @@ def fx_int8_runner(quantized: nn.Module, info: dict, name: str, eager: Artifact,
     state = save_state_dict(quantized, Path(out_dir) / f"{name}.state.pt")
     artifact = Artifact("pytorch-fx-int8", {"state": str(state)},
                         {"arch": eager.options["arch"], "num_classes": eager.options["num_classes"],
-                         "flow": info["flow"]}, eager.preprocess)
+                         "flow": info["flow"], "engine": info["engine"]}, eager.preprocess)
     r = TorchRunner(quantized, spec_of(eager), name=name, threads=threads, technique=technique, precision="int8")
     return r.describe(size_bytes=state.stat().st_size, artifact=artifact, kernels=_kernels(info),
                       one_time_cost_seconds=one_time_cost_seconds, **details)
 
 
 def load_fx_int8(artifact: Artifact, name: str, threads: int, device: str) -> TorchRunner:
+    use_engine(artifact.options.get("engine", "x86"))
     spec = spec_of(artifact)
     model = _fx_skeleton(artifact.options["arch"], artifact.options["num_classes"], spec)
     model.load_state_dict(torch.load(artifact.files["state"], map_location="cpu", weights_only=True))
@@ -287,7 +311,7 @@ def load_fx_int8(artifact: Artifact, name: str, threads: int, device: str) -> To
 
 def fx_static_runner(model: nn.Module, calibration: torch.Tensor, eager: Artifact, out_dir: str | Path,
                      threads: int, **details) -> TorchRunner:
-    """FX static INT8 (x86) of `model`, calibrated on `calibration`, as `pytorch-int8-static`."""
+    """FX static INT8 (the engine in use) of `model`, calibrated on `calibration`, as `pytorch-int8-static`."""
     quantized, info = quantize_fx_static(model, calibration)
     return fx_int8_runner(quantized, info, "pytorch-int8-static", eager, out_dir, threads,
                           one_time_cost_seconds={"calibration and conversion": info["seconds"]}, **details)
@@ -347,7 +371,8 @@ def gru_runners(dataset, out_dir: str | Path, threads: int, epochs: int, seed: i
     for model, name, evidence in ((gru, "gru-fp32", module_evidence(gru)), (quantized, "gru-int8-dynamic", info)):
         int8 = model is quantized
         artifact = Artifact("gru", {"state": str(path)}, {"hidden": gru.hidden, "layers": gru.layers,
-                                                          "num_classes": gru.num_classes, "dynamic_int8": int8})
+                                                          "num_classes": gru.num_classes, "dynamic_int8": int8,
+                                                          "engine": engine()})
         r = GruRunner(model, name, "int8" if int8 else "fp32", threads)
         runners.append(r.describe(size_bytes=state_dict_size_bytes(model), artifact=artifact, kernels=_kernels(evidence),
                                   one_time_cost_seconds={"training (fp32)": train_s}))
@@ -356,6 +381,7 @@ def gru_runners(dataset, out_dir: str | Path, threads: int, epochs: int, seed: i
 
 def load_gru(artifact: Artifact, name: str, threads: int, device: str) -> GruRunner:
     o = artifact.options
+    use_engine(o.get("engine", "x86"))
     model = DigitsGRU(hidden=o["hidden"], layers=o["layers"], num_classes=o["num_classes"]).eval()
     model.load_state_dict(torch.load(artifact.files["state"], map_location="cpu", weights_only=True))
     if o["dynamic_int8"]:

@@ -272,6 +272,7 @@ class PruningStudy:
                 name = DENSE_INT8.format(label=main.label()) if pm is None else f"{prefix}onnxruntime-int8"
                 r = int8_onnx.static_runner(graphs, calib, main, self.spec, ort_config, name=name)
                 out.append(r.describe(one_time_cost_seconds=costs, **details))
+                out += [r.with_threads(t, f"{name}-{t}thread") for t in P.prune.ort_threads if t != P.bench.threads]
         for r in out:
             if pm is not None:
                 r.technique = "pruning"
@@ -283,7 +284,14 @@ class PruningStudy:
 
     def references(self) -> list[str]:
         """The unpruned configurations every measured one is compared with (same run)."""
-        return ["pytorch-fp32", "onnxruntime-fp32"] + ([self.dense_int8_name()] if self.int8 else [])
+        return ["pytorch-fp32", "onnxruntime-fp32"] + self.dense_int8_names()
+
+    def dense_int8_names(self) -> list[str]:
+        """The unpruned static INT8 configuration at bench.threads and at each prune.ort_threads."""
+        if not self.int8:
+            return []
+        P, name = self.params, self.dense_int8_name()
+        return [name] + [f"{name}-{t}thread" for t in P.prune.ort_threads if t != P.bench.threads]
 
     def reference_of(self, runner_or_record) -> str:
         """The unpruned configuration of the same backend and precision."""
@@ -371,12 +379,12 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
                      "over the unpruned one up to this much is extra training, not pruning.")
     budget = P.quant.max_accuracy_drop
     if best:
-        b, dense_int8 = R[best], study.dense_int8_name()
-        stages = b.latency_ms
+        b, stages = R[best], R[best].latency_ms
+        against_int8 = ", ".join(f"{b.speedup(n)} `{n}`" for n in study.dense_int8_names() if b.speedup(n))
         lines.append(f"Within the budget of {budget:.1%} (judged on the interval's lower bound) the fastest configuration is "
                      f"**{best}** ({b.kernels.label if b.kernels else 'float'} kernels): {b.latency.median:.3f} ms at batch "
                      f"{b.batch_size}, {b.speedup('pytorch-fp32')} eager FP32"
-                     + (f", {b.speedup(dense_int8)} the unpruned ONNX Runtime INT8" if b.speedup(dense_int8) else "")
+                     + (f"; against the unpruned ONNX Runtime INT8: {against_int8}" if against_int8 else "")
                      + f"; size {b.size_bytes / 1e6:.2f} MB; accuracy change {b.fidelity.describe_change()}."
                      + (f" Of its latency, preprocessing (its own stage) takes {stages['preprocessing'].median:.3f} ms."
                         if "preprocessing" in stages else ""))
@@ -384,6 +392,11 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
             lines.append(f"Its operating point against FP32: {b.fidelity.operating_point.describe()}.")
         if ties:
             lines.append("Inside the budget and not distinguishable from it in batch-1 latency: " + ", ".join(ties) + ".")
+        threads = [(n.rsplit("-", 1)[0], n) for n in R if n.endswith("thread") and n.rsplit("-", 1)[0] in R]
+        if threads:
+            lines.append("ONNX Runtime intra-op threads, same graphs (speed against the bench.threads twin): "
+                         + "; ".join(f"`{t}` {same_run_ratio(m.latency_samples, n, t)}" for n, t in threads
+                                     if best in (n, t) or n in study.dense_int8_names()) + ".")
     else:
         lines.append(f"No configuration stays within {budget:.1%} on its whole interval: see the budget table.")
     for n, t in profiles.items():
