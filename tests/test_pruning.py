@@ -155,6 +155,7 @@ def test_kept_whole_names_a_missing_ignored_layer():
     ({"iterative_steps": 1}, r"'prune.iterative_steps' must be 0 \(no iterative model\) or at least 2"),
     ({"round_to": 0}, r"'prune.round_to'"),
     ({"ignored_layers": ["layer4/1"]}, r"'prune.ignored_layers'"),
+    ({"ort_threads": [1, 4]}, r"'prune.ort_threads' must be thread counts from 1 to bench.threads \(2\), got \[4\]"),
 ])
 def test_prune_params_errors_name_the_key(section, match):
     with pytest.raises(ParamsError, match=match):
