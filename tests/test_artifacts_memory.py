@@ -52,7 +52,11 @@ def logits_in_fresh_process(artifact: Artifact, base_dir, images, tmp_path) -> n
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("artifacts")
+    return tiny_model_setup(tmp_path_factory.mktemp("artifacts"))
+
+
+def tiny_model_setup(d) -> dict:
+    """A tiny ResNet18 saved as the eager artifact in `d`, and twelve 8x8 images."""
     torch.set_num_threads(2)
     model = tiny_resnet(3)
     weights = save_state_dict(model, d / "models" / "resnet18.pt")

@@ -7,32 +7,23 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from optlib.backends.artifacts import eager_artifact, load_runner
+from optlib.backends.artifacts import load_runner
 from optlib.backends.onnxruntime import OrtConfig, make_session
 from optlib.backends.pytorch import TorchRunner
 from optlib.core.params import ParamsError, from_dict
 from optlib.techniques import precision as pr
-from optlib.workload.data import PreprocessSpec, preprocess
-from optlib.workload.models import ModelInfo, save_state_dict
-from tests.helpers import tiny_resnet
-from tests.test_artifacts_memory import logits_in_fresh_process
+from optlib.workload.data import preprocess
+from tests.test_artifacts_memory import SPEC, logits_in_fresh_process, tiny_model_setup
 
-SPEC = PreprocessSpec(32, [0.5] * 3, [0.25] * 3)
 CAPS = pr.cpu_capabilities()
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("precision")
-    torch.set_num_threads(2)
-    model = tiny_resnet(3)
-    weights = save_state_dict(model, d / "models" / "resnet18.pt")
-    info = ModelInfo(arch="torchvision:resnet18", num_classes=3, source="test", parameters=0, weights=str(weights))
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, size=(8, 8), dtype=np.uint8) for _ in range(6)]
+    """The artifacts tests' model, eager artifact and images, with the FP32 logits of the images."""
+    s = tiny_model_setup(tmp_path_factory.mktemp("precision"))
     with torch.no_grad():
-        ref = model(preprocess(images, SPEC)).numpy()
-    return {"dir": d, "model": model, "eager": eager_artifact(info, SPEC), "images": images, "ref": ref}
+        return {**s, "ref": s["model"](preprocess(s["images"], SPEC)).numpy()}
 
 
 @pytest.mark.parametrize("kind,channels_last", [("bf16-autocast", False), ("bf16", True), ("fp16", False),

@@ -206,19 +206,30 @@ def heavy_output_dtypes(module: nn.Module, x: torch.Tensor) -> dict[str, int]:
     modules only; hooking a compiled module's submodules would make dynamo recompile it)."""
     counts: dict[str, int] = {}
 
-    def hook(_m, _inp, out):
-        if isinstance(out, torch.Tensor):
-            k = str(out.dtype).removeprefix("torch.")
-            counts[k] = counts.get(k, 0) + 1
+    def seen(_name, out):
+        k = str(out.dtype).removeprefix("torch.")
+        counts[k] = counts.get(k, 0) + 1
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, HEAVY_MODULES)]
+    _forward_observed(module, x, [(n, m) for n, m in module.named_modules() if isinstance(m, HEAVY_MODULES)], seen)
+    return counts
+
+
+def _forward_observed(model: nn.Module, x: torch.Tensor, modules: list[tuple[str, nn.Module]], seen) -> None:
+    """One inference forward of `model` on `x`, calling seen(name, output) for every tensor output
+    of `modules` (forward hooks, removed afterwards)."""
+    def hook(name):
+        def f(_m, _inp, out):
+            if isinstance(out, torch.Tensor):
+                seen(name, out)
+        return f
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules]
     try:
         with torch.inference_mode():
-            module(x)
+            model(x)
     finally:
         for h in handles:
             h.remove()
-    return counts
 
 
 def aten_heavy_ops(fn) -> dict[str, int]:
@@ -361,20 +372,11 @@ def activation_ranges(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     largest finite value (65504): a layer whose headroom is below 1 overflows in FP16."""
     peaks: dict[str, float] = {}
 
-    def hook(name):
-        def f(_m, _inp, out):
-            if isinstance(out, torch.Tensor) and out.is_floating_point():
-                peaks[name] = max(peaks.get(name, 0.0), float(out.detach().abs().max()))
-        return f
+    def seen(name, out):
+        if out.is_floating_point():
+            peaks[name] = max(peaks.get(name, 0.0), float(out.detach().abs().max()))
 
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_observed(model, x, [(n, m) for n, m in model.named_modules() if n and not list(m.children())], seen)
     t = pd.DataFrame({"max_abs_fp32": pd.Series(peaks, dtype=float)})
     t["fp16_headroom"] = FP16_MAX / t["max_abs_fp32"].where(t["max_abs_fp32"] > 0)
     return t.sort_values("max_abs_fp32", ascending=False)
