@@ -32,3 +32,26 @@ def write_image_folder(root: Path, classes=("NORMAL", "PNEUMONIA"), per_class: i
         (root / classes[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
         (root / classes[1] / "notes.txt").write_text("not an image")
     return root
+
+
+HOLD_MB = 48
+
+
+class HoldingModel(torch.nn.Module):
+    """Pools the image to 3 values for a linear classifier, and multiplies a fresh HOLD_MB-MB
+    tensor by a parameter on the way: autograd keeps that tensor until backward, so a training step
+    holds at least HOLD_MB MB above the resting process (a known allocation)."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, num_classes)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        held = torch.ones(HOLD_MB * 2 ** 20 // 4)
+        return self.fc(x.mean(dim=(2, 3))) + (held * self.scale).sum() * 0
+
+
+def holding_model(num_classes: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return HoldingModel(num_classes).eval()

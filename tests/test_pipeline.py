@@ -47,7 +47,7 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert nf["paired"]["ci95"][0] <= nf["paired"]["value"] <= nf["paired"]["ci95"][1]
     assert nf["twin_flips"] == 0 and nf["twin_max_abs_diff"] == 0.0
     for nb in ("00_data_and_model", "01_baseline", "02_onnx_and_compilers", "03_fp16_bf16", "04_int8_ptq",
-               "04b_int8_studies", "05_int8_qat", "06_pruning", "99_comparison"):
+               "04b_int8_studies", "05_int8_qat", "06_pruning", "07_tensorrt", "08_training_memory", "99_comparison"):
         assert (tmp_path / "smoke" / "notebooks" / f"{nb}.ipynb").is_file()
     # every record reads back typed; every measured configuration was rebuilt from its artifact in a
     # child process (its memory was measured there), and carries same-run speed-ups
@@ -82,6 +82,20 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert by_name["onnxruntime-fp16"].kernels.label == "cast-emulated"
     skipped = {r.name: r.reason for r in records if r.status == "skipped"}
     assert skipped["cuda-pytorch-fp16"].startswith("needs a CUDA GPU")
+    # TensorRT on a CPU machine: the INT8 graph TensorRT would get is checked and run here, every GPU
+    # configuration is a skipped record that says why
+    qdq = by_name["onnxruntime-int8-trt-qdq"]
+    assert qdq.extra["tensorrt_qdq"]["compatible"] and qdq.fidelity is not None
+    assert skipped["tensorrt-int8"].startswith("the target's device is cpu")
+    assert {"torch-tensorrt-fp16", "onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp32"} <= set(skipped)
+    # training memory: gradients with checkpointing equal the plain ones, the step time is a same-run
+    # ratio, the memory came from a child process; FP16 autocast training is a CUDA path, skipped here
+    t = by_name["train-fp32-ckpt-sequential"]
+    assert t.technique == "training-memory" and t.extra["training"]["gradients"]["equal"]
+    assert t.speedup("train-fp32", metric="training-step", batch_size=16) is not None
+    assert t.memory.peak_bytes > t.memory.resting_bytes > 0 and t.extra["training"]["config"]["segments"] >= 2
+    assert skipped["train-fp16"].startswith("FP16 autocast training")
+    assert (tmp_path / "smoke" / "tables" / "training_memory.csv").is_file()
     html = (tmp_path / "smoke" / "report.html").read_text()
     assert "pytorch-fp32" in html and "data:image/png;base64" in html
     assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()

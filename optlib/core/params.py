@@ -192,6 +192,40 @@ class PrecisionParams:
 
 
 @dataclass
+class MemoryParams:
+    """Chapter 08: training memory (techniques.training_memory)."""
+    batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # each >= 2 (BatchNorm)
+    precisions: list[str] = choice(["fp32", "bf16-autocast", "fp16-autocast"], C.TRAIN_PRECISIONS)
+    # stage: each top-level nn.Sequential of the body; block: each child of those; sequential:
+    # checkpoint_sequential over the whole body (stem included) where the forward is that chain.
+    checkpoint: list[str] = choice(["stage", "block", "sequential"], C.CHECKPOINT_GRANULARITIES)
+    segments: int | None = None  # sequential: checkpoint segments; None: about the square root of the layers
+    checkpoint_modules: list[str] = field(default_factory=list)  # dotted paths: one more, custom configuration
+    optimizer: str = choice("sgd", C.TRAIN_OPTIMIZERS)  # sgd: momentum (one state tensor); adam: two
+    steps: int = 3  # training steps per memory child (the peak settles from the second)
+    warmup_steps: int = 1  # untimed steps per configuration and batch size before the timed trials
+    trials: int = 8  # timed blocks per configuration and batch size, interleaved across configurations
+    steps_per_trial: int = 1
+    budget_gib: float = 1.5  # peak resident memory (CUDA: reserved) the largest-batch search must stay under
+    max_batch: int = 4096  # the search never probes above this
+    batch_resolution: int = 8  # the search stops when the fitting and failing batches are this close
+    search_probes: int = 6  # most child processes per configuration for the search; 0: no search
+    gradient_batch: int = 8  # images for the gradient-agreement check
+
+
+@dataclass
+class TensorRTParams:
+    """Chapter 07: TensorRT engines (techniques.tensorrt); GPU only, skipped records elsewhere."""
+    precisions: list[str] = choice(["fp32", "fp16", "int8"], C.TRT_PRECISIONS)  # bf16 where the GPU has it
+    workspace_gib: float = 2.0  # the builder's workspace memory-pool limit
+    optimization_level: int = 3  # builder optimisation level, 0 (fast build) to 5
+    timing_cache: str | None = None  # None: outputs/<target>/artifacts/07/timing.cache, reused across builds
+    profile_batches: list[int] | None = None  # [min, opt, max] batch of the profile; None: from bench.batch_sizes
+    torch_tensorrt: bool = True  # torch-tensorrt (dynamo) FP32 and FP16 too
+    onnxruntime_gpu: bool = True  # ONNX Runtime's CUDA and TensorRT execution providers too
+
+
+@dataclass
 class Params:
     target: str = "notebook"  # outputs go to outputs/<target>/
     device: str = choice("cpu", C.DEVICES)
@@ -205,6 +239,8 @@ class Params:
     finetune: FineTuneParams = field(default_factory=FineTuneParams)
     prune: PruneParams = field(default_factory=PruneParams)
     precision: PrecisionParams = field(default_factory=PrecisionParams)
+    memory: MemoryParams = field(default_factory=MemoryParams)
+    tensorrt: TensorRTParams = field(default_factory=TensorRTParams)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -370,6 +406,35 @@ def _validate(p: Params, source: str) -> Params:
     for key in ("slow_samples", "slow_trials"):
         if getattr(p.precision, key) < 1:
             fail(f"precision.{key}", "must be at least 1")
+    mem = p.memory
+    if not mem.batch_sizes or min(mem.batch_sizes) < 2:
+        fail("memory.batch_sizes", f"must be a non-empty list of batch sizes >= 2 (BatchNorm trains on batch "
+             f"statistics), got {mem.batch_sizes}")
+    if mem.segments is not None and mem.segments < 2:
+        fail("memory.segments", "must be at least 2 (one segment recomputes nothing), or null")
+    bad = [n for n in mem.checkpoint_modules if not all(part.isidentifier() for part in n.split("."))]
+    if bad:
+        fail("memory.checkpoint_modules", f"must be dotted module paths such as layer1.0, got {bad}")
+    for key in ("steps", "trials", "steps_per_trial", "batch_resolution"):
+        if getattr(mem, key) < 1:
+            fail(f"memory.{key}", "must be at least 1")
+    for key in ("warmup_steps", "search_probes"):
+        if getattr(mem, key) < 0:
+            fail(f"memory.{key}", "must be >= 0")
+    if mem.gradient_batch < 2:
+        fail("memory.gradient_batch", "must be at least 2 (BatchNorm trains on batch statistics)")
+    if mem.budget_gib <= 0:
+        fail("memory.budget_gib", f"must be a positive size in GiB, e.g. 1.5, got {mem.budget_gib}")
+    if mem.max_batch < max(mem.batch_sizes):
+        fail("memory.max_batch", f"must be at least the largest of memory.batch_sizes ({max(mem.batch_sizes)})")
+    t = p.tensorrt
+    if t.workspace_gib <= 0:
+        fail("tensorrt.workspace_gib", f"must be a positive size in GiB, got {t.workspace_gib}")
+    if not 0 <= t.optimization_level <= 5:
+        fail("tensorrt.optimization_level", f"must be a builder optimisation level from 0 to 5, got {t.optimization_level}")
+    if t.profile_batches is not None and (len(t.profile_batches) != 3 or not 1 <= t.profile_batches[0]
+                                          <= t.profile_batches[1] <= t.profile_batches[2]):
+        fail("tensorrt.profile_batches", f"must be [min, opt, max] with 1 <= min <= opt <= max, got {t.profile_batches}")
     if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
         fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
     return p

@@ -22,7 +22,7 @@ from ..core.params import Params
 from ..results.records import Record, write_record
 from ..results.values import NoiseFloor, Throughput, to_plain
 from ..workload.outputs import Outputs
-from . import timing
+from . import gpu_telemetry, timing
 from .memory import MemoryMeasurementError, measure_memory
 from .metrics import classification_metrics, fidelity
 from .stats import independent_ratio, paired_ratio, summarize
@@ -102,7 +102,9 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
         timed.append(twin)
     latency_bs = min(params.bench.batch_sizes)
     lat = timing.latency(timed, images, params.bench, batch_size=latency_bs, progress=progress)
-    thr = timing.throughput(timed, images, params.bench, progress=progress)
+    telemetry: dict = {}
+    sampler = gpu_telemetry.nvml_sampler_factory() if params.device == "cuda" else None
+    thr = timing.throughput(timed, images, params.bench, progress=progress, telemetry=sampler, telemetry_out=telemetry)
     totals = {n: stages["total"] for n, stages in lat.items()}
     by_metric = [("latency", latency_bs, totals)] + [("throughput", bs, s) for bs, s in thr.items()]
 
@@ -124,14 +126,18 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
                             independent_ratio(totals[r.name], totals[twin.name], reference=r.name),
                             float(np.abs(twin_logits - logits[r.name]).max()),
                             int((outputs.predict(twin_logits) != outputs.predict(logits[r.name])).sum()))
+        # A discarded runner, or a same-run reference whose record another chapter wrote, is not
+        # written again; nor is its memory measured again.
+        existing = r.name in keep_existing and (paths.results_dir(params.target) / f"{r.name}.json").exists()
+        written = r.name not in discard and not existing
         memory, memory_note = None, None
-        if params.bench.memory and r.artifact is not None:
+        if written and params.bench.memory and r.artifact is not None:
             try:
                 memory = measure_memory(r.artifact, base, images, sorted({latency_bs, max(params.bench.batch_sizes)}),
                                         r.threads, r.device)
             except MemoryMeasurementError as e:
                 memory_note = str(e)
-        elif params.bench.memory:
+        elif written and params.bench.memory:
             memory_note = "no artifact to rebuild this configuration from in a child process"
         rec = Record(
             target=params.target, notebook=notebook, name=r.name, technique=r.technique,
@@ -151,15 +157,16 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
                    **({"dataset": data_summary} if data_summary else {}),
                    **({"memory_not_measured": memory_note} if memory_note else {}), **r.details},
         )
+        gpu = {str(bs): gpu_telemetry.combine(per[r.name]).to_dict() for bs, per in telemetry.items() if r.name in per}
+        if gpu:  # absent, not zero, where nothing was sampled (CPU runners, no NVML)
+            rec.extra["gpu_telemetry"] = gpu
         against = {n: to_plain(fidelity(logits[r.name], logits[n], labels, n, outputs)) for n in also_compare if n != r.name}
         if against:
             rec.extra["fidelity_against"] = against
         records[r.name] = rec
-        if r.name in discard:
+        if not written:
             continue
         if r.name in keep_existing:
-            if (paths.results_dir(params.target) / f"{r.name}.json").exists():
-                continue
             rec.extra["written_by"] = f"{notebook}, as its same-run reference (its own chapter has not run for this target)"
         write_record(rec)
     return Measurement(records, logits, lat, eval_s)

@@ -104,12 +104,15 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
 
 
 def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
-               batch_sizes: list[int] | None = None, progress: bool = True) -> dict[int, dict[str, list[np.ndarray]]]:
+               batch_sizes: list[int] | None = None, progress: bool = True, telemetry=None,
+               telemetry_out: dict | None = None) -> dict[int, dict[str, list[np.ndarray]]]:
     """Batch latency samples (ms) of the full graph at each batch size.
 
     For every batch size, each runner runs `trials` alternating blocks of max(5, samples //
     batch_size) batches. Returns {batch_size: {runner.name: [one array per trial]}}; images per
-    second follow as batch_size / median batch latency (measurement.experiment).
+    second follow as batch_size / median batch latency (measurement.experiment). With `telemetry`
+    (a function returning a fresh measurement.gpu_telemetry.Sampler), each timed block of a GPU
+    runner is sampled and its Telemetry appended to telemetry_out[batch_size][runner.name].
     """
     out: dict[int, dict[str, list[np.ndarray]]] = {}
     for bs in batch_sizes or bench.batch_sizes:
@@ -125,6 +128,7 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
                         r.predict(_batch_at(images, i, bs))
                         bar.update()
                     block = np.empty(n)
+                    sampler = telemetry().start() if telemetry is not None and r.device == "cuda" else None
                     for i in range(n):
                         batch = _batch_at(images, i, bs)
                         t0 = time.perf_counter_ns()
@@ -132,6 +136,8 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
                         r.synchronize()
                         block[i] = (time.perf_counter_ns() - t0) / 1e6
                         bar.update()
+                    if sampler is not None and telemetry_out is not None:
+                        telemetry_out.setdefault(bs, {}).setdefault(r.name, []).append(sampler.stop(images=n * bs))
                     per_runner[r.name].append(block)
         out[bs] = per_runner
     return out

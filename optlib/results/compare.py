@@ -149,3 +149,34 @@ def same_run_ratio(latency_samples: dict, reference: str, candidate: str):
 def indistinguishable(latency_samples: dict, best: str, candidates: list[str]) -> list[str]:
     """Those of `candidates` whose same-run latency ratio against `best` has an interval containing 1."""
     return [n for n in candidates if n != best and not same_run_ratio(latency_samples, best, n).excludes_one()]
+
+
+def training_memory_table(records: list[Record]) -> pd.DataFrame:
+    """Chapter 08's records, one row per configuration and batch size: the step's peak above the
+    resting process and the whole peak (MB, measured in a child process), the estimate and its
+    activation error, the cut against the same precision without checkpointing, step time with its
+    interval, training images per second, the paired speed against that reference, gradients equal,
+    and the largest batch under the budget."""
+    def mb(b):
+        return None if b is None else b / 1e6
+
+    def ci(interval, digits):
+        return fmt_ci(interval, digits) if interval else ""
+
+    rows = []
+    for r in records:
+        t = (r.extra or {}).get("training")
+        if not r.ok or r.technique != "training-memory" or not t:
+            continue
+        plain, search = t.get("plain"), t.get("largest_batch")
+        for row in t["rows"]:
+            rows.append({"configuration": r.name, "batch": row["batch_size"], "status": row["status"],
+                         "above_resting_mb": mb(row["above_resting_bytes"]), "peak_mb": mb(row["peak_bytes"]),
+                         "estimate_mb": mb(row["estimate_step_bytes"]),
+                         "activation_estimate_error": row.get("estimate_error"), "cut_vs_plain": row.get("cut_vs_plain"),
+                         "step_ms": row.get("step_ms"), "step_ms_ci95": ci(row.get("step_ms_ci95"), 0),
+                         "images_per_s": row.get("images_per_s"), "speed_vs_plain": row.get(f"speed_vs_{plain}"),
+                         "speed_vs_plain_ci95": ci(row.get(f"speed_vs_{plain}_ci95"), 2),
+                         "grads_equal": t["gradients"].get("equal"),
+                         "largest_batch": search["fits"] if search else None})
+    return pd.DataFrame(rows)

@@ -277,3 +277,42 @@ def predicted_vs_measured(records: list[Record], references: dict[str, str]):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def training_memory(records: list[Record], budget_gib: float | None = None):
+    """Chapter 08. Left: a training step's peak memory above the resting process (solid, measured
+    in child processes) and the estimate (dashed), per configuration; with `budget_gib`, the peak
+    the budget leaves above the lowest resting memory. Right: training images per second (same-run
+    interleaved steps) with the step time's interval as a band."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    resting = []
+    for i, r in enumerate(records):
+        rows = [row for row in r.extra["training"]["rows"] if row["status"] == "ok"]
+        if not rows:
+            continue
+        color = f"C{i % 10}"
+        bs = [row["batch_size"] for row in rows]
+        left.plot(bs, [row["above_resting_bytes"] / 1e6 for row in rows], marker="o", color=color, label=r.name)
+        left.plot(bs, [row["estimate_step_bytes"] / 1e6 for row in rows], ls="--", color=color, alpha=0.7)
+        resting += [row["resting_bytes"] for row in rows]
+        timed = [row for row in rows if row.get("step_ms")]
+        if timed:
+            x = [row["batch_size"] for row in timed]
+            right.plot(x, [row["images_per_s"] for row in timed], marker="o", color=color, label=r.name)
+            right.fill_between(x, [row["batch_size"] / row["step_ms_ci95"][1] * 1e3 for row in timed],
+                               [row["batch_size"] / row["step_ms_ci95"][0] * 1e3 for row in timed], color=color, alpha=0.15)
+    if budget_gib and resting:
+        left.axhline((budget_gib * 1024 ** 3 - min(resting)) / 1e6, color="k", ls=":",
+                     label=f"{budget_gib:g} GiB budget minus resting")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.grid(True, which="both", alpha=0.3)
+    left.set_ylabel("MB above resting (solid measured, dashed estimate)")
+    left.set_title("training-step peak memory")
+    right.set_ylabel("training images per second")
+    right.set_title("training throughput")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

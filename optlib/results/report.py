@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core import paths
 from ..core.io import json_safe, write_text_atomic
-from .compare import fmt_ci, operating_point_columns
+from .compare import fmt_ci, operating_point_columns, training_memory_table
 from .records import Record, load_records
 from .values import to_plain
 
@@ -113,6 +113,18 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
         df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp"),
         f'<h2>Latency vs accuracy</h2><img src="data:image/png;base64,{img}"/>',
     ]
+    training = training_memory_table(records)
+    if not training.empty:
+        from .figures import training_memory
+
+        tables["training_csv"] = write_text_atomic(training.to_csv(index=False),
+                                                   paths.target_dir(target) / "tables" / "training_memory.csv")
+        fig = training_memory([r for r in ok if r.technique == "training-memory"])
+        body += ["<h2>Training memory</h2><p>Peak memory of a training step above the resting process (measured in a "
+                 "child process per configuration and batch size), the estimate, step time with its interval (same-run "
+                 "interleaved trials) and the largest batch under the budget.</p>",
+                 training.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp"),
+                 f'<img src="data:image/png;base64,{_fig_to_base64(fig)}"/>']
     if not_ok:
         body.append("<h2>Skipped or failed</h2><ul>" + "".join(
             f"<li><b>{html.escape(r.name)}</b> ({r.status}): {html.escape(str(r.reason))}</li>" for r in not_ok) + "</ul>")

@@ -57,6 +57,7 @@ class StaticQuantConfig:
     quant_format: str = "QDQ"  # QDQ (fast path) | QOperator
     nodes_to_exclude: list[str] = field(default_factory=list)
     nodes_to_quantize: list[str] | None = None  # None: every quantizable node
+    quantize_bias: bool = True  # INT32 biases behind DequantizeLinear (ORT's default); TensorRT wants them float
 
     def __post_init__(self):
         check_choice("quant.method", self.method, CALIBRATION_METHODS)
@@ -192,7 +193,8 @@ def quantize_static(model_path: str | Path, out_path: str | Path, ranges, config
                             nodes_to_exclude=list(config.nodes_to_exclude) or None,
                             nodes_to_quantize=list(config.nodes_to_quantize) if config.nodes_to_quantize else None,
                             calibrate_method=method, calibration_cache_path=str(cache),
-                            extra_options={"ActivationSymmetric": config.activation_type == "int8"})
+                            extra_options={"ActivationSymmetric": config.activation_type == "int8",
+                                           "QuantizeBias": config.quantize_bias})
     return out_path
 
 

@@ -1,0 +1,382 @@
+"""TensorRT (chapter 07): engines from ONNX graphs, torch-tensorrt, and the parts of that path a
+CPU can check.
+
+What runs everywhere (and is tested here): the optimisation-profile shapes, the engine-cache key,
+the choice of build path by TensorRT major version, the reasons a GPU configuration cannot run, and
+the INT8 graph TensorRT needs: explicitly quantized Q/DQ with symmetric signed INT8 (zero points 0),
+made by ONNX Runtime's quantizer from 04's calibration set (`TRT_INT8`) and checked node by node
+(`qdq_report`); ONNX Runtime runs that same graph on the CPU, so its accuracy against FP32 is known
+before any GPU sees it.
+
+What is written against NVIDIA's documentation and has never executed on this project's machines
+(no GPU, and TensorRT cannot be installed on them): `build_engine` (OnnxParser, optimisation profile,
+workspace pool, builder optimisation level, timing cache, strongly typed network),
+`TensorRTRunner` (deserialize, set_input_shape / set_tensor_address / execute_async_v3 on torch's
+current stream, CUDA events) and `torch_tensorrt_runner`.
+
+Precision across versions: TensorRT 11 networks are always strongly typed (its builder precision
+flags and implicit INT8 calibrators are gone); TensorRT 10 still has the flags but accepts a
+strongly typed network (NetworkDefinitionCreationFlag.STRONGLY_TYPED). Both paths here take the
+precision from the graph: an FP16 ONNX graph for FP16, a Q/DQ graph for INT8.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..backends.base import Runner
+from ..results.values import Artifact
+from ..workload.data import PreprocessSpec
+from .int8_onnx import StaticQuantConfig
+
+# ONNX Runtime static quantization as TensorRT takes it: QDQ, signed INT8 activations and weights,
+# both symmetric (StaticQuantConfig asks ORT for ActivationSymmetric with int8 activations; INT8
+# weights are symmetric by default), per-channel weights, biases left float (ORT's default INT32
+# bias behind DequantizeLinear is a Q/DQ type TensorRT does not take: qdq_report flags it).
+TRT_INT8 = dict(activation_type="int8", weight_type="int8", quant_format="QDQ", per_channel=True, quantize_bias=False)
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+MIN_MAJOR = 10
+
+
+def trt_static_config(method: str = "minmax") -> StaticQuantConfig:
+    return StaticQuantConfig(method=method, **TRT_INT8)
+
+
+# --- what runs here ---------------------------------------------------------------------------
+
+def profile_shapes(batch_sizes: list[int], image_size: int, channels: int = 3,
+                   given: list[int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Optimisation-profile shapes of the image input: min / opt / max batch from `given` (three
+    batch sizes, tensorrt.profile_batches) or from the benchmark's batch sizes (min, the most
+    common serving size 1 if measured else min, max)."""
+    if given is not None:
+        lo, opt, hi = given
+    else:
+        lo, hi = min(batch_sizes), max(batch_sizes)
+        opt = 1 if 1 in batch_sizes else lo
+    if not 1 <= lo <= opt <= hi:
+        raise ValueError(f"'tensorrt.profile_batches' must be min <= opt <= max, all >= 1, got {[lo, opt, hi]}")
+    return {k: (b, channels, image_size, image_size) for k, b in (("min", lo), ("opt", opt), ("max", hi))}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Of the graph and its external data files, in name order."""
+    from .onnx_export import external_data_files
+
+    h = hashlib.sha256()
+    for p in [Path(path), *sorted(external_data_files(path))]:
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def engine_cache_key(onnx_sha256: str, trt_version: str, gpu: str, precision: str, shapes: dict,
+                     workspace_bytes: int, optimization_level: int) -> str:
+    """An engine is reusable only for the same graph, TensorRT version, GPU, precision, profile and
+    builder settings: the key hashes all of them."""
+    payload = {"onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu, "precision": precision,
+               "shapes": {k: list(v) for k, v in sorted(shapes.items())}, "workspace": workspace_bytes,
+               "optimization_level": optimization_level}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_path(version: str) -> str:
+    """How the installed TensorRT gets its precision: `strongly-typed` (11+: always), `strongly-
+    typed-flag` (10: the network creation flag), or ValueError below 10."""
+    major = int(version.split(".")[0])
+    if major >= 11:
+        return "strongly-typed"
+    if major == MIN_MAJOR:
+        return "strongly-typed-flag"
+    raise ValueError(f"TensorRT {version} is older than {MIN_MAJOR}: set_tensor_address/execute_async_v3 and strongly "
+                     "typed networks need 10 or newer")
+
+
+def availability(device: str) -> dict:
+    """{"cuda": reason or None, "tensorrt": reason or None, "torch_tensorrt": ..., "versions", "gpu"}:
+    every reason each GPU path cannot run here, the device's first (None: it can)."""
+    import torch
+
+    from ..core.env import gpu_name
+
+    out: dict = {"versions": {}, "gpu": gpu_name()}
+    if device != "cuda":
+        out["cuda"] = "the target's device is cpu (TensorRT builds and runs engines on a CUDA GPU; run the cuda target)"
+    elif not torch.cuda.is_available():
+        out["cuda"] = f"no CUDA device visible to torch {torch.__version__} (torch.cuda.is_available() is False)"
+    else:
+        out["cuda"] = None
+    for mod in ("tensorrt", "torch_tensorrt"):
+        reasons = [out["cuda"]] if out["cuda"] else []
+        try:
+            m = __import__(mod)
+            out["versions"][mod] = getattr(m, "__version__", "?")
+            if mod == "tensorrt":
+                build_path(out["versions"][mod])
+        except ImportError as e:
+            reasons.append(f"`{mod}` is not importable ({e}); its wheels come from NVIDIA's index, not PyPI")
+        except ValueError as e:  # a TensorRT older than this code supports
+            reasons.append(str(e))
+        out[mod] = "; and ".join(reasons) or None
+    return out
+
+
+@dataclass
+class QdqReport:
+    """How a Q/DQ graph is quantized, node by node, against what TensorRT accepts."""
+    quantize_nodes: int
+    dequantize_nodes: int
+    compute_ops: int  # Conv / Gemm / MatMul / ConvTranspose
+    quantized_compute: list[str]  # both data and weight inputs come from DequantizeLinear
+    float_compute: list[str]  # some input does not
+    not_int8: list[str]  # Q/DQ nodes whose zero point is missing or not INT8
+    nonzero_zero_point: list[str]  # asymmetric: TensorRT needs zero points of 0
+    bad_scale: list[str]  # scales that are not positive finite
+
+    @property
+    def compatible(self) -> bool:
+        """Every Q/DQ node symmetric signed INT8, and at least one compute op quantized."""
+        return not (self.not_int8 or self.nonzero_zero_point or self.bad_scale) and bool(self.quantized_compute)
+
+    @property
+    def coverage(self) -> float:
+        return len(self.quantized_compute) / self.compute_ops if self.compute_ops else 0.0
+
+    def problems(self) -> list[str]:
+        out = []
+        for key, what in (("not_int8", "zero point missing or not INT8"),
+                          ("nonzero_zero_point", "zero point not 0 (asymmetric)"),
+                          ("bad_scale", "scale not positive and finite")):
+            nodes = getattr(self, key)
+            if nodes:
+                out.append(f"{len(nodes)} Q/DQ node(s) with {what}, e.g. {nodes[0]}")
+        if not self.quantized_compute:
+            out.append("no Conv/Gemm/MatMul has both inputs dequantized")
+        return out
+
+
+def qdq_report(path: str | Path) -> QdqReport:
+    """Check an ONNX graph's explicit quantization the way TensorRT reads it: every
+    QuantizeLinear / DequantizeLinear with an INT8 zero point of 0 and a positive scale, and which
+    compute ops take both their data and weight from DequantizeLinear (quantized) or not (float)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant" and n.attribute
+              and n.attribute[0].type == onnx.AttributeProto.TENSOR}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def tensor(name):
+        t = inits.get(name) or consts.get(name)
+        return None if t is None else (t.data_type, numpy_helper.to_array(t))
+
+    q = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    not_int8, nonzero, bad_scale = [], [], []
+    for n in q:
+        label = n.name or n.output[0]
+        zp = tensor(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None or zp[0] != onnx.TensorProto.INT8:
+            not_int8.append(label)
+        elif np.any(zp[1] != 0):
+            nonzero.append(label)
+        scale = tensor(n.input[1])
+        if scale is None or not np.all(np.isfinite(scale[1])) or np.any(scale[1] <= 0):
+            bad_scale.append(label)
+
+    def dequantized(name) -> bool:
+        p = producer.get(name)
+        return p is not None and p.op_type == "DequantizeLinear"
+
+    compute = [n for n in g.node if n.op_type in COMPUTE_OPS]
+    quantized = [n.name or n.output[0] for n in compute if all(dequantized(i) for i in n.input[:2])]
+    floating = [n.name or n.output[0] for n in compute if not all(dequantized(i) for i in n.input[:2])]
+    return QdqReport(sum(n.op_type == "QuantizeLinear" for n in q), sum(n.op_type == "DequantizeLinear" for n in q),
+                     len(compute), quantized, floating, not_int8, nonzero, bad_scale)
+
+
+# --- written against the documentation; never executed here -------------------------------------
+
+@dataclass
+class EngineBuild:
+    path: Path
+    key: str
+    seconds: float
+    size_bytes: int
+    build_path: str
+    tensorrt: str
+    shapes: dict
+    timing_cache: str | None = None
+    details: dict = field(default_factory=dict)
+
+
+def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, shapes: dict, workspace_bytes: int,
+                 optimization_level: int = 3, timing_cache: str | Path | None = None, gpu: str = "") -> EngineBuild:
+    """Parse `onnx_path` (whose precision is in the graph), build a serialized engine with one
+    optimisation profile for the image input, save it under `out_dir/<key>.engine` (reused when
+    the key matches), and reuse / update the timing cache file."""
+    import tensorrt as trt
+
+    path_kind = build_path(trt.__version__)
+    key = engine_cache_key(file_sha256(onnx_path), trt.__version__, gpu, precision, shapes, workspace_bytes,
+                           optimization_level)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine_path = out_dir / f"{precision}-{key}.engine"
+    base = dict(key=key, build_path=path_kind, tensorrt=trt.__version__, shapes=shapes,
+                timing_cache=str(timing_cache) if timing_cache else None)
+    if engine_path.is_file():
+        return EngineBuild(engine_path, seconds=0.0, size_bytes=engine_path.stat().st_size,
+                           details={"reused": True}, **base)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if path_kind == "strongly-typed-flag" else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors[:3]}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    config.builder_optimization_level = int(optimization_level)
+    profile = builder.create_optimization_profile()
+    name = network.get_input(0).name
+    profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache:
+        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, False)  # a cache from another TensorRT version is refused, not ignored
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if plan is None:
+        raise RuntimeError(f"TensorRT built no engine from {onnx_path} ({precision})")
+    engine_path.write_bytes(bytes(plan))
+    if cache is not None:
+        Path(timing_cache).write_bytes(bytes(cache.serialize()))
+    return EngineBuild(engine_path, seconds=seconds, size_bytes=engine_path.stat().st_size, details={"reused": False},
+                       **base)
+
+
+class TensorRTRunner(Runner):
+    """A serialized engine (full model; features and head engines when given) run on torch's
+    current CUDA stream with torch tensors as buffers; `synchronize` waits for the stream."""
+    backend = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, engine_path: str | Path, spec: PreprocessSpec, name: str, precision: str,
+                 features_path: str | Path | None = None, head_path: str | Path | None = None):
+        import tensorrt as trt
+
+        super().__init__(spec)
+        self.name, self.precision, self.technique = name, precision, "tensorrt"
+        self._trt = trt
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._model = self._load(engine_path)
+        self._features = self._load(features_path) if features_path else None
+        self._head = self._load(head_path) if head_path else None
+        self.stage_split = self._features is not None and self._head is not None
+
+    def _load(self, path):
+        engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {path} (built by another TensorRT version or GPU?)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        return engine, engine.create_execution_context(), inputs[0], outputs[0]
+
+    def _run(self, part, x):
+        import torch
+
+        engine, context, iname, oname = part
+        dtypes = {self._trt.DataType.FLOAT: torch.float32, self._trt.DataType.HALF: torch.float16,
+                  self._trt.DataType.BF16: torch.bfloat16}
+        x = x.to("cuda", dtypes[engine.get_tensor_dtype(iname)], non_blocking=True).contiguous()
+        context.set_input_shape(iname, tuple(x.shape))
+        out = torch.empty(tuple(context.get_tensor_shape(oname)), dtype=dtypes[engine.get_tensor_dtype(oname)],
+                          device="cuda")
+        context.set_tensor_address(iname, x.data_ptr())
+        context.set_tensor_address(oname, out.data_ptr())
+        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError(f"{self.name}: execute_async_v3 failed")
+        return out
+
+    def extract_features(self, x):
+        return self._run(self._features, x) if self.stage_split else x
+
+    def classify(self, features) -> np.ndarray:
+        out = self._run(self._head, features) if self.stage_split else self._run(self._model, features)
+        return out.float().cpu().numpy()
+
+    def predict(self, images) -> np.ndarray:
+        return self._run(self._model, self.preprocess(images)).float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def load_engine(artifact, name: str, threads: int, device: str) -> TensorRTRunner:
+    """backends.artifacts loader of kind `tensorrt`: the serialized engine, deserialized."""
+    from ..backends.artifacts import spec_of
+
+    return TensorRTRunner(artifact.files["engine"], spec_of(artifact), name, artifact.options["precision"])
+
+
+def load_torch_tensorrt(artifact, name: str, threads: int, device: str):
+    """backends.artifacts loader of kind `torch-tensorrt`: the saved exported program."""
+    import torch
+    import torch_tensorrt  # noqa: F401  (registers the TensorRT ops the program calls)
+
+    from ..backends.artifacts import spec_of
+    from ..backends.pytorch import TorchRunner
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[artifact.options["precision"]]
+    return TorchRunner(torch.export.load(artifact.files["program"]).module(), spec_of(artifact), name=name,
+                       device="cuda", threads=threads, technique="tensorrt", input_dtype=dtype)
+
+
+def torch_tensorrt_runner(model, spec: PreprocessSpec, shapes: dict, precision: str, out_dir: str | Path,
+                          name: str | None = None):
+    """torch-tensorrt (dynamo) compile of the eager model with a dynamic batch, FP32 or FP16 (from a
+    .half() copy: torch-tensorrt 2.14 types explicitly), saved as an exported program and reloaded."""
+    import torch
+    import torch_tensorrt
+
+    from ..backends.pytorch import TorchRunner
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+    m = model.to("cuda", dtype).eval()
+    inputs = [torch_tensorrt.Input(min_shape=shapes["min"], opt_shape=shapes["opt"], max_shape=shapes["max"],
+                                   dtype=dtype)]
+    t0 = time.perf_counter()
+    compiled = torch_tensorrt.compile(m, ir="dynamo", inputs=inputs)
+    seconds = time.perf_counter() - t0
+    path = Path(out_dir) / f"torch-tensorrt-{precision}.ep"
+    example = torch.randn(*shapes["opt"], dtype=dtype, device="cuda")
+    torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[example])
+    reloaded = torch.export.load(str(path)).module()
+    runner = TorchRunner(reloaded, spec, name=name or f"torch-tensorrt-{precision}", device="cuda", threads=1,
+                         technique="tensorrt", input_dtype=dtype)
+    runner.backend, runner.precision = "torch-tensorrt", precision
+    artifact = Artifact("torch-tensorrt", {"program": str(path)}, {"precision": precision}, spec.to_dict())
+    return runner.describe(size_bytes=path.stat().st_size, artifact=artifact, one_time_cost_seconds={"compile": seconds},
+                           torch_tensorrt={"version": torch_tensorrt.__version__, "shapes": {
+                               k: list(v) for k, v in shapes.items()}})
+
+
+def describe_build(b: EngineBuild) -> dict:
+    d = asdict(b)
+    d["path"] = str(b.path)
+    d["shapes"] = {k: list(v) for k, v in b.shapes.items()}
+    return d

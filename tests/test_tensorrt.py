@@ -1,0 +1,196 @@
+"""Chapter 07's parts that run without a GPU: profile shapes, the engine-cache key, the build path
+by TensorRT version, the skip reasons, the TensorRT-compatibility check of the INT8 Q/DQ graph and
+its CPU accuracy against FP32, and the GPU telemetry sampler's logic. GPU-only tests are skipped
+with the reason where there is no CUDA device or no TensorRT."""
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from optlib.backends.base import Runner
+from optlib.backends.onnxruntime import OrtConfig
+from optlib.backends.pytorch import TorchRunner
+from optlib.core.params import BenchParams, ParamsError, from_dict
+from optlib.measurement import gpu_telemetry as gt
+from optlib.measurement import timing
+from optlib.techniques import int8_onnx as qo
+from optlib.techniques import tensorrt as trt_tools
+from optlib.techniques.onnx_export import ExportConfig, external_data_files
+from optlib.workload.data import preprocess
+from tests.helpers import tiny_resnet
+from tests.test_artifacts_memory import SPEC
+
+
+def test_profile_shapes_come_from_the_benchmark_batch_sizes_or_the_params():
+    s = trt_tools.profile_shapes([1, 8, 32], 64)
+    assert s == {"min": (1, 3, 64, 64), "opt": (1, 3, 64, 64), "max": (32, 3, 64, 64)}
+    assert trt_tools.profile_shapes([8, 32], 64)["opt"] == (8, 3, 64, 64)
+    assert trt_tools.profile_shapes([1], 32, given=[2, 4, 16])["max"] == (16, 3, 32, 32)
+    with pytest.raises(ValueError, match="profile_batches"):
+        trt_tools.profile_shapes([1], 32, given=[4, 2, 16])
+    with pytest.raises(ParamsError, match="'tensorrt.profile_batches'"):
+        from_dict({"tensorrt": {"profile_batches": [1, 8]}})
+    with pytest.raises(ParamsError, match="'tensorrt.precisions'"):
+        from_dict({"tensorrt": {"precisions": ["int4"]}})
+
+
+def test_engine_cache_key_changes_with_everything_an_engine_depends_on(tmp_path):
+    base = dict(onnx_sha256="a" * 64, trt_version="11.1.0", gpu="NVIDIA H100", precision="fp16",
+                shapes=trt_tools.profile_shapes([1, 32], 64), workspace_bytes=2 ** 31, optimization_level=3)
+    key = trt_tools.engine_cache_key(**base)
+    assert key == trt_tools.engine_cache_key(**dict(base))
+    changes = dict(onnx_sha256="b" * 64, trt_version="11.2.0", gpu="NVIDIA L4", precision="int8",
+                   shapes=trt_tools.profile_shapes([1, 64], 64), workspace_bytes=2 ** 30, optimization_level=5)
+    for k, v in changes.items():
+        assert trt_tools.engine_cache_key(**{**base, k: v}) != key, k
+    # the graph's hash covers its external data file too
+    path = tmp_path / "g.onnx"
+    onnx.save(_qdq_graph(0, False), path, save_as_external_data=True, location="g.onnx.data", size_threshold=0)
+    (data,) = external_data_files(path)
+    before = trt_tools.file_sha256(path)
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 1
+    data.write_bytes(bytes(raw))
+    assert trt_tools.file_sha256(path) != before
+
+
+def test_build_path_by_tensorrt_version():
+    assert trt_tools.build_path("11.4.0") == "strongly-typed"
+    assert trt_tools.build_path("10.13.3.9") == "strongly-typed-flag"
+    with pytest.raises(ValueError, match="older than 10"):
+        trt_tools.build_path("8.6.1")
+
+
+def test_every_gpu_path_says_why_it_cannot_run_here(monkeypatch):
+    a = trt_tools.availability("cpu")
+    assert a["cuda"].startswith("the target's device is cpu") and a["tensorrt"].startswith(a["cuda"])
+    if "tensorrt" not in a["versions"]:
+        assert "`tensorrt` is not importable" in a["tensorrt"] and "`torch_tensorrt` is not importable" in a["torch_tensorrt"]
+    if not torch.cuda.is_available():
+        assert trt_tools.availability("cuda")["cuda"].startswith("no CUDA device visible")
+    # an old TensorRT on a (pretended) GPU machine: the version is the reason
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
+    monkeypatch.setattr("optlib.core.env.gpu_name", lambda: "fake GPU")
+    a = trt_tools.availability("cuda")
+    assert a["cuda"] is None and a["tensorrt"].startswith("TensorRT 8.6.1 is older than 10")
+
+
+def _qdq_graph(zero_point: int, weight_dequantized: bool, zp_type=TensorProto.INT8) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv(w) -> y, the weight through DQ or a plain float initializer."""
+    w = np.ones((2, 1, 1, 1), np.float32)
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("zp", zp_type, [], [zero_point])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq_x")]
+    if weight_dequantized:
+        inits += [numpy_helper.from_array(w.astype(np.int8), "wq"), helper.make_tensor("ws", TensorProto.FLOAT, [], [0.5]),
+                  helper.make_tensor("wzp", TensorProto.INT8, [], [0])]
+        nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["w"], name="dq_w"))
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+    nodes.append(helper.make_node("Conv", ["xd", "w"], ["y"], name="conv"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("zp, weight_dq, zp_type, expect", [
+    (0, True, TensorProto.INT8, dict(compatible=True, quantized=["conv"])),
+    (3, True, TensorProto.INT8, dict(compatible=False, quantized=["conv"], nonzero=["q_x", "dq_x"])),
+    (0, True, TensorProto.UINT8, dict(compatible=False, quantized=["conv"], not_int8=["q_x", "dq_x"])),
+    (0, False, TensorProto.INT8, dict(compatible=False, floating=["conv"])),
+])
+def test_qdq_report_on_graphs_with_a_known_answer(tmp_path, zp, weight_dq, zp_type, expect):
+    path = tmp_path / "g.onnx"
+    onnx.save(_qdq_graph(zp, weight_dq, zp_type), path)
+    r = trt_tools.qdq_report(path)
+    assert r.compatible == expect["compatible"] and r.compute_ops == 1
+    assert r.quantized_compute == expect.get("quantized", [])
+    assert r.nonzero_zero_point == expect.get("nonzero", []) and r.not_int8 == expect.get("not_int8", [])
+    assert r.float_compute == expect.get("floating", [])
+    assert bool(r.problems()) != r.compatible
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trt-int8")
+    torch.manual_seed(0)
+    model = tiny_resnet(3)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(8, 8), dtype=np.uint8) for _ in range(24)]
+    graphs = qo.fp32_graphs(model, preprocess(images[:2], SPEC), d, ExportConfig())
+    calibration = qo.calibrate_graphs(graphs, preprocess(images[:16], SPEC), "minmax")
+    ort = OrtConfig(intra_op_threads=2)
+    trt_ready = qo.static_runner(graphs, calibration, trt_tools.trt_static_config(), SPEC, ort, name="trt-qdq")
+    x86 = qo.static_runner(graphs, calibration, qo.StaticQuantConfig(), SPEC, ort, name="u8s8")
+    return model, images, trt_ready, x86
+
+
+def test_tensorrt_int8_graph_is_symmetric_signed_qdq_and_accurate_on_cpu(quantized):
+    model, images, trt_ready, x86 = quantized
+    r = trt_tools.qdq_report(trt_ready.artifact.files["model"])
+    assert r.compatible and r.coverage == 1.0 and r.compute_ops == 21  # ResNet18: 20 Conv + the Gemm head
+    # ONNX Runtime's default x86 recipe (unsigned, asymmetric activations) is what TensorRT refuses
+    default = trt_tools.qdq_report(x86.artifact.files["model"])
+    assert not default.compatible and default.not_int8
+    # the same Q/DQ graph, run by ONNX Runtime on the CPU, against eager FP32
+    eager = TorchRunner(model, SPEC, threads=2).predict(images)
+    q = trt_ready.predict(images)
+    assert (q.argmax(1) == eager.argmax(1)).mean() >= 0.9
+    cosine = float((q * eager).sum() / np.linalg.norm(q) / np.linalg.norm(eager))
+    assert cosine > 0.95, cosine
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_engine_builds_reloads_and_matches_onnxruntime(quantized, tmp_path):  # pragma: no cover - GPU only
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed (its wheels come from NVIDIA's index)")
+    _, images, trt_ready, _ = quantized
+    shapes = trt_tools.profile_shapes([1, 8], 32)
+    b = trt_tools.build_engine(trt_ready.artifact.files["model"], tmp_path, "int8", shapes, 2 ** 30,
+                               timing_cache=tmp_path / "timing.cache")
+    runner = trt_tools.TensorRTRunner(b.path, SPEC, "tensorrt-int8", "int8")
+    assert (runner.predict(images).argmax(1) == trt_ready.predict(images).argmax(1)).mean() >= 0.9
+
+
+def test_telemetry_energy_from_the_counter_or_the_power_samples():
+    t = iter(np.arange(0.0, 10.0, 0.25))
+    sampler = gt.Sampler(lambda: gt.Reading(50.0, 2 ** 30, 100.0), energy_mj=None, clock=lambda: float(next(t)),
+                         interval_s=0)
+    sampler.start()
+    for _ in range(3):
+        sampler.sample()
+    s = sampler.stop(images=200)
+    # samples at 0, 0.25, ..., 1.0 s at a constant 100 W: 100 J, half a joule per image
+    assert s.energy_source == "integrated power samples" and s.energy_j == pytest.approx(100.0)
+    assert s.joules_per_image == pytest.approx(0.5) and s.utilization_mean_pct == 50 and s.samples == 5
+    counter = iter([1_000.0, 61_000.0])
+    s2 = gt.Sampler(lambda: gt.Reading(0, 0, 0), energy_mj=lambda: next(counter), interval_s=0).start().stop(images=60)
+    assert s2.energy_source == "energy counter" and s2.energy_j == pytest.approx(60.0) and s2.joules_per_image == 1.0
+    both = gt.combine([s, s2])
+    assert both.energy_j == pytest.approx(160.0) and both.images == 260 and both.energy_source == "mixed"
+
+
+def test_telemetry_is_absent_without_nvml_and_sampled_per_gpu_block():
+    if not torch.cuda.is_available():
+        assert gt.nvml_sampler_factory() is None  # no NVML library or no GPU: nothing, not zeros
+
+    class Fake(Runner):
+        def __init__(self, name, device):
+            super().__init__(SPEC)
+            self.name, self.device = name, device  # "cuda" pretends: the harness samples GPU runners only
+
+        def predict(self, images):
+            return np.zeros((len(images), 3), np.float32)
+
+    fake, cpu = Fake("gpu", "cuda"), Fake("cpu", "cpu")
+    images = [np.zeros((8, 8), np.uint8)] * 4
+    out = {}
+    bench = BenchParams(warmup=1, samples=8, trials=2, settle_s=0.0)
+    timing.throughput([fake, cpu], images, bench, [4], progress=False,
+                      telemetry=lambda: gt.Sampler(lambda: gt.Reading(10, 1, 5), interval_s=0), telemetry_out=out)
+    assert list(out) == [4] and list(out[4]) == ["gpu"] and len(out[4]["gpu"]) == 2
+    assert all(t.images == 5 * 4 for t in out[4]["gpu"])  # max(5, 8 // 4) batches of 4 per block
