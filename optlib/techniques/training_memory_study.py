@@ -173,7 +173,8 @@ def write_records(ch, p: Plan, sweep, times, searches) -> dict[str, Record]:
     records = {}
     for config in p.configs:
         e = p.estimates[config.name]
-        refs = [n for n in dict.fromkeys([config.plain.name, "train-fp32"]) if n != config.name and n in sweep]
+        # against itself too (a ratio of 1 from the same samples), as every chapter's reference has
+        refs = [n for n in dict.fromkeys([config.plain.name, "train-fp32"]) if n in sweep]
         rows, speedups = [], []
         for bs, r in sweep[config.name].items():
             row = {"batch_size": bs, "status": r.status, "error": r.error, "peak_bytes": r.peak_bytes,
@@ -238,10 +239,10 @@ def findings(records: dict[str, Record], params, skipped: dict[str, str]) -> str
                  f"{(big.get('estimate_error') or 0):+.0%} against the measured activation share)"]
         if "cut_vs_plain" in big:
             parts.append(f"{big['cut_vs_plain']:.0%} less than {plain}")
-        if f"speed_vs_{plain}" in big:
+        if cfg.checkpoint != "none" and f"speed_vs_{plain}" in big:
             lo, hi = big[f"speed_vs_{plain}_ci95"]
             parts.append(f"step speed {big[f'speed_vs_{plain}']:.2f}x {plain} [{lo:.2f}, {hi:.2f}]")
-        if cfg.precision != "fp32" and "speed_vs_train-fp32" in big and plain != "train-fp32":
+        if cfg.precision != "fp32" and "speed_vs_train-fp32" in big:
             lo, hi = big["speed_vs_train-fp32_ci95"]
             parts.append(f"{big['speed_vs_train-fp32']:.2f}x train-fp32 [{lo:.2f}, {hi:.2f}]")
         g = t["gradients"]
