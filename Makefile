@@ -33,7 +33,7 @@ report: setup
 	$(PY) -m optlib report $(WHICH)
 
 test: setup
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=20
 
 clean:
 	rm -rf outputs/*/ .pytest_cache

@@ -1,8 +1,9 @@
-"""Command line: python -m optlib run | summary | report | example.
+"""Command line: python -m optlib run | summary | report | export-best | example.
 
   python -m optlib run --target cpu [--notebooks 00,01] [--params FILE]
   python -m optlib summary --target cpu --format table|json|csv
   python -m optlib report --target cpu
+  python -m optlib export-best --target cpu   # outputs/cpu/deploy/: the chosen model, runnable without optlib
   python -m optlib example --out DIR   # a single-logit custom-head Lightning checkpoint, its data and params
 """
 from __future__ import annotations
@@ -59,6 +60,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export_best(args) -> int:
+    from .core.pipeline import resolve_params
+    from .results.deploy import DeployError, export_best
+
+    params, _ = resolve_params(args.target, args.params)
+    if args.params and args.target_given:
+        params.target = args.target
+    try:
+        out, _, _ = export_best(params)
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[optlib] deploy folder written to {out} (try: python {out / 'predict.py'} --check)")
+    return 0
+
+
 def cmd_example(args) -> int:
     from .workload.example import build_example
 
@@ -76,7 +93,8 @@ def main(argv=None) -> int:
     ex.add_argument("--image-size", type=int, default=64)
     ex.add_argument("--epochs", type=int, default=5)
     ex.set_defaults(fn=cmd_example)
-    for name, fn in (("run", cmd_run), ("summary", cmd_summary), ("report", cmd_report)):
+    for name, fn in (("run", cmd_run), ("summary", cmd_summary), ("report", cmd_report),
+                     ("export-best", cmd_export_best)):
         p = sub.add_parser(name)
         p.add_argument("--target", default=None, help="params/<target>.yaml and outputs/<target>/ (default cpu)")
         p.add_argument("--params", default=None, help="a params YAML file (its `target` names the outputs)")

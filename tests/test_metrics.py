@@ -65,3 +65,21 @@ def test_fidelity_counts_flips_and_paired_delta():
     assert same.flips == 0 and same.accuracy_change_ci95 == (0.0, 0.0)
     with pytest.raises(ValueError, match="shape"):
         fidelity(ref[:10], ref, labels, "ref")
+
+
+def test_calibration_metrics_against_sklearn_brier_and_a_hand_ece():
+    from optlib.measurement.metrics import calibration_metrics
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=300)
+    y = (rng.uniform(size=300) < p).astype(int)
+    m = calibration_metrics(np.column_stack([1 - p, p]), y)
+    # the multi-class Brier score sums over both classes: twice sklearn's binary one
+    assert m["brier"] == pytest.approx(2 * skm.brier_score_loss(y, p))
+    # ten images at confidence 0.8 with six right, ten at 0.55 with five right:
+    # ECE = 0.5 * |0.6 - 0.8| + 0.5 * |0.5 - 0.55| = 0.125
+    probs = np.array([[0.8, 0.2]] * 10 + [[0.45, 0.55]] * 10)
+    labels = np.array([0] * 6 + [1] * 4 + [1] * 5 + [0] * 5)
+    assert calibration_metrics(probs, labels)["ece"] == pytest.approx(0.125)
+    sure = calibration_metrics(np.eye(3)[[0, 1, 2, 1]], np.array([0, 1, 2, 1]))
+    assert sure["ece"] == 0.0 and sure["brier"] == 0.0

@@ -96,7 +96,33 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert t.memory.peak_bytes > t.memory.resting_bytes > 0 and t.extra["training"]["config"]["segments"] >= 2
     assert skipped["train-fp16"].startswith("FP16 autocast training")
     assert (tmp_path / "smoke" / "tables" / "training_memory.csv").is_file()
+    # the final round: finalists rebuilt from their artifacts (the files named relative to the
+    # target's folder) and re-timed together against final-pytorch-fp32 and its twin; their memory
+    # is the one measured from the same artifact in their own chapter
+    final = {r.name: r for r in measured if r.name.startswith("final-")}
+    ref = final["final-pytorch-fp32"]
+    assert ref.notebook == "99_comparison" and ref.noise_floor is not None
+    assert ref.extra["final_round"]["harness_overhead"]["calls"] == smoke["samples"] * smoke["trials"]
+    assert 3 <= len(final) <= 5 and "final-onnxruntime-fp32" in final  # comparison.max_finalists: 5
+    for r in final.values():
+        own = by_name[r.extra["final_round"]["of"]]
+        assert r.speedup("final-pytorch-fp32") is not None and r.artifact == own.artifact and r.memory == own.memory
+        assert not any(s.reference == "pytorch-fp32" for s in r.speedups)
+    assert (tmp_path / "smoke" / "tables" / "final_round.csv").is_file()
+    # the hand-off: an ONNX finalist within the budget, runnable without optlib in a fresh process
+    # that reproduces the predictions optlib made for the example images
+    deploy = tmp_path / "smoke" / "deploy"
+    assert {"model.onnx", "preprocess.json", "classes.json", "MODEL_CARD.md", "predict.py", "expected.json"} <= {
+        p.name for p in deploy.iterdir()}
+    no_optlib = ("import runpy, sys; sys.modules['optlib'] = None; sys.argv = [sys.argv[1], '--check']; "
+                 "runpy.run_path(sys.argv[0], run_name='__main__')")  # importing optlib there would fail
+    check = subprocess.run([sys.executable, "-I", "-c", no_optlib, str(deploy / "predict.py")], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    result = json.loads(check.stdout)
+    assert result["images"] == 8 and result["different_class"] == [] and result["max_abs_logit_diff"] < 1e-3
     html = (tmp_path / "smoke" / "report.html").read_text()
+    assert "Final round" in html and html.index("Final round") < html.index("Comparison (each configuration")
     assert "pytorch-fp32" in html and "data:image/png;base64" in html
     assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()
     s = run_cli(["summary", "--target", "smoke", "--format", "csv"], tmp_path).stdout

@@ -145,6 +145,46 @@ def test_tensorrt_int8_graph_is_symmetric_signed_qdq_and_accurate_on_cpu(quantiz
     assert cosine > 0.95, cosine
 
 
+def test_stage_graphs_get_the_image_profile_batch_range_with_their_own_dimensions(quantized, tmp_path):
+    model, _, trt_ready, _ = quantized
+    files = trt_ready.artifact.files
+    image = trt_tools.profile_shapes([1, 8], 8)
+    assert trt_tools.graph_shapes(files["model"], image) == image
+    assert trt_tools.graph_shapes(files["features"], image) == image
+    # the head's input is the pooled features: (batch, the classifier's input width)
+    assert trt_tools.graph_shapes(files["head"], image) == {k: (v[0], model.fc.in_features) for k, v in image.items()}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, "h", "w"])
+    dynamic = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), dynamic)
+    with pytest.raises(ValueError, match="dynamic dimension after the batch"):
+        trt_tools.graph_shapes(dynamic, image)
+
+
+def test_ort_tensorrt_options_name_the_sessions_input_and_go_only_to_that_provider(quantized, tmp_path):
+    import onnxruntime as ort
+
+    from optlib.backends.onnxruntime import make_session
+
+    path = quantized[2].artifact.files["model"]
+    shapes = trt_tools.profile_shapes([1, 8], 8)
+    opts = trt_tools.ort_tensorrt_options(path, shapes, tmp_path / "cache", 2 ** 30, 4)
+    name = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    for k in ("min", "opt", "max"):
+        given, dims = opts[f"trt_profile_{k}_shapes"].split(":")
+        assert given == name and tuple(int(d) for d in dims.split("x")) == shapes[k]
+    assert opts["trt_engine_cache_enable"] == "True" and opts["trt_builder_optimization_level"] == "4"
+    # where this onnxruntime has no TensorRT provider, the session falls back to the CPU, says so,
+    # and the TensorRT options are not handed to another provider
+    config = OrtConfig(providers=["tensorrt", "cpu"], provider_options={"TensorrtExecutionProvider": opts})
+    sess, settings = make_session(path, config)
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        assert sess.get_providers() == ["CPUExecutionProvider"]
+        assert "TensorrtExecutionProvider not available" in settings["provider_fallback"][0]
+        assert settings["provider_options"] == {"TensorrtExecutionProvider": None}
+        assert not any(k.startswith("trt_") for k in sess.get_provider_options()["CPUExecutionProvider"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_engine_builds_reloads_and_matches_onnxruntime(quantized, tmp_path):  # pragma: no cover - GPU only
     pytest.importorskip("tensorrt", reason="tensorrt is not installed (its wheels come from NVIDIA's index)")
@@ -152,8 +192,34 @@ def test_engine_builds_reloads_and_matches_onnxruntime(quantized, tmp_path):  # 
     shapes = trt_tools.profile_shapes([1, 8], 32)
     b = trt_tools.build_engine(trt_ready.artifact.files["model"], tmp_path, "int8", shapes, 2 ** 30,
                                timing_cache=tmp_path / "timing.cache")
-    runner = trt_tools.TensorRTRunner(b.path, SPEC, "tensorrt-int8", "int8")
-    assert (runner.predict(images).argmax(1) == trt_ready.predict(images).argmax(1)).mean() >= 0.9
+    f = trt_ready.artifact.files
+    parts = {p: trt_tools.build_engine(f[p], tmp_path, "int8", trt_tools.graph_shapes(f[p], shapes), 2 ** 30, part=p)
+             for p in ("features", "head")}
+    runner = trt_tools.TensorRTRunner(b.path, SPEC, "tensorrt-int8", "int8", features_path=parts["features"].path,
+                                      head_path=parts["head"].path)
+    expected = trt_ready.predict(images).argmax(1)
+    assert (runner.predict(images).argmax(1) == expected).mean() >= 0.9
+    staged = runner.classify(runner.extract_features(runner.preprocess(images)))
+    assert (staged.argmax(1) == expected).mean() >= 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_onnxruntime_cuda_runs_with_io_binding_and_matches_the_cpu(quantized):  # pragma: no cover - GPU only
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    from optlib.backends.onnxruntime import OrtRunner
+
+    _, images, trt_ready, _ = quantized
+    f = trt_ready.artifact.files
+    gpu = OrtRunner(f["model"], SPEC, name="cuda", config=OrtConfig(providers=["cuda", "cpu"]),
+                    features_path=f["features"], head_path=f["head"])
+    assert gpu.device == "cuda" and gpu.settings()["providers_active"][0] == "CUDAExecutionProvider"
+    expected = trt_ready.predict(images)
+    assert np.allclose(gpu.predict(images), expected, atol=1e-2)
+    staged = gpu.classify(gpu.extract_features(gpu.preprocess(images)))
+    assert isinstance(staged, np.ndarray) and np.allclose(staged, expected, atol=1e-2)
 
 
 def test_telemetry_energy_from_the_counter_or_the_power_samples():

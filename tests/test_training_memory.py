@@ -76,6 +76,23 @@ def test_estimate_matches_a_hand_count():
     assert HOLD_MB * 2 ** 20 <= held["held"] < HOLD_MB * 2 ** 20 + 4096
 
 
+def test_counting_saved_tensors_leaves_nothing_alive():
+    import gc
+
+    def live_tensor_bytes():
+        gc.collect()
+        storages = {o.untyped_storage().data_ptr(): o.untyped_storage().nbytes()
+                    for o in gc.get_objects() if torch.is_tensor(o)}
+        return sum(storages.values())
+
+    model, (x, y) = tiny_resnet(3), _batch(4)
+    before = live_tensor_bytes()
+    for config in (tm.TrainConfig(), tm.TrainConfig(checkpoint="block"), tm.TrainConfig("fp32", "sequential", segments=3)):
+        tm.saved_bytes(model, config, "fc", SOFTMAX3, x, y)
+    # a pack hook that returned its tensor kept every forward alive (a cycle the collector cannot see)
+    assert live_tensor_bytes() == before
+
+
 def test_checkpointed_estimate_keeps_segment_inputs_and_the_largest_segment():
     model = tiny_resnet(3)
     x, y = _batch()
@@ -107,6 +124,16 @@ def test_child_sees_a_known_allocation_and_running_out_is_a_result(holding_job):
     oom = tm.measure_step_memory(holding_job, tm.TrainConfig(), 4, limit_bytes=budget, slack_bytes=0)
     assert oom.status == "oom" and not oom.fits(budget) and "allocate" in oom.error
     assert r.fits(r.peak_bytes) and not r.fits(r.peak_bytes - 1)
+
+
+def test_timing_child_interleaves_every_configuration_and_a_broken_job_is_one_error(holding_job):
+    configs = [tm.TrainConfig(), tm.TrainConfig("bf16-autocast")]
+    t = tm.measure_step_times(holding_job, configs, 4, warmup=1, trials=3, steps_per_trial=2)
+    assert t.error is None and set(t.samples) == {"train-fp32", "train-bf16"}
+    assert all(len(trials) == 3 and all(len(v) == 2 and min(v) > 0 for v in trials) for trials in t.samples.values())
+    broken = tm.ChildJob(**{**asdict(holding_job), "images": holding_job.images + ".missing"})
+    bad = tm.measure_step_times(broken, configs, 4, warmup=0, trials=1, steps_per_trial=1)
+    assert bad.samples == {} and bad.error.startswith("the timing child exited") and ".missing" in bad.error
 
 
 def _line(a, c):
@@ -178,3 +205,17 @@ def test_memory_params_are_validated_and_enumerate_configurations():
     assert [c.name for c in tm.configurations(p)] == [
         "train-fp32", "train-fp32-ckpt-block", "train-fp32-ckpt-sequential", "train-fp32-ckpt-custom",
         "train-bf16", "train-bf16-ckpt-block", "train-bf16-ckpt-sequential", "train-bf16-ckpt-custom"]
+
+
+def test_batch_sizes_whose_children_peaked_near_the_available_memory_are_not_timed_in_process():
+    from optlib.techniques.training_memory_study import too_big_to_time
+
+    def run(peak):
+        return tm.StepMemory("c", 0, "ok" if peak else "oom", peak_bytes=peak, resting_bytes=0)
+
+    sweep = {"a": {8: run(2 * 10**9), 16: run(4 * 10**9), 32: run(None)},
+             "b": {8: run(1 * 10**9), 16: run(7 * 10**9), 32: run(None)}}
+    out = too_big_to_time(sweep, [8, 16, 32], available=8 * 10**9)
+    # 16: b's 7 GB is over three quarters of 8 GB; 8 fits; 32 has no measured peak to judge by
+    assert list(out) == [16] and "7.0 GB" in out[16] and "8.0 GB available" in out[16]
+    assert too_big_to_time(sweep, [8, 16], available=None) == {}

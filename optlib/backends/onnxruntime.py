@@ -35,6 +35,8 @@ class OrtConfig:
     optimized_model_path: str | None = None  # save the graph after ORT's optimizations
     disabled_optimizers: list[str] = field(default_factory=lambda: list(DISABLED_OPTIMIZERS))
     profile_prefix: str | None = None  # write ORT's per-node profile (techniques.onnx_runtime.op_profile)
+    # per provider, its options as strings (e.g. techniques.tensorrt.ort_tensorrt_options)
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params, **overrides) -> "OrtConfig":
@@ -85,6 +87,7 @@ def make_session(path: str | Path, config: OrtConfig):
         so.profile_file_prefix = str(config.profile_prefix)
     usable, reasons = resolve_providers(config.providers)
     sess = ort.InferenceSession(str(path), sess_options=so, providers=usable,
+                                provider_options=[config.provider_options.get(p, {}) for p in usable],
                                 disabled_optimizers=list(config.disabled_optimizers))
     active = sess.get_providers()
     # onnxruntime-gpu lists CUDA/TensorRT as available even without a GPU, then silently runs on CPU.
@@ -95,6 +98,10 @@ def make_session(path: str | Path, config: OrtConfig):
                 "intra_op_threads": config.intra_op_threads, "inter_op_threads": config.inter_op_threads,
                 "allow_spinning": config.allow_spinning, "disabled_optimizers": list(config.disabled_optimizers),
                 "onnxruntime": ort.__version__}
+    if config.provider_options:
+        # what the session took, read back (None where ORT names no such provider)
+        options = sess.get_provider_options()
+        settings["provider_options"] = {p: options.get(p) for p in config.provider_options}
     return sess, settings
 
 
@@ -134,21 +141,41 @@ class OrtRunner(Runner):
         return r.describe(size_bytes=self.size_bytes, kernels=self.kernels,
                           one_time_cost_seconds=self.one_time_cost_seconds, **self.details)
 
-    def _run(self, sess, x: np.ndarray) -> np.ndarray:
-        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    def _run(self, sess, x):
+        if self.device != "cuda":
+            return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        # IO binding: input and output stay on the GPU; the host copies are preprocessing's (in)
+        # and classification's (out), so the feature stage times the graph alone.
+        import onnxruntime as ort
 
-    def preprocess(self, images) -> np.ndarray:
-        return super().preprocess(images).numpy().astype(self._in_dtype, copy=False)
+        binding = sess.io_binding()
+        if not isinstance(x, ort.OrtValue):
+            x = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        binding.bind_ortvalue_input(sess.get_inputs()[0].name, x)
+        binding.bind_output(sess.get_outputs()[0].name, "cuda")
+        sess.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+    def _host(self, out) -> np.ndarray:
+        return np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float32)
+
+    def preprocess(self, images):
+        x = super().preprocess(images).numpy().astype(self._in_dtype, copy=False)
+        if self.device == "cuda":
+            import onnxruntime as ort
+
+            return ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        return x
 
     def extract_features(self, x):
         return self._run(self.features_session, x)
 
     def classify(self, features) -> np.ndarray:
         out = self._run(self.head_session, features) if self.head_session is not None else features
-        return np.asarray(out, dtype=np.float32)
+        return self._host(out)
 
     def predict(self, images) -> np.ndarray:
-        return np.asarray(self._run(self.session, self.preprocess(images)), dtype=np.float32)
+        return self._host(self._run(self.session, self.preprocess(images)))
 
     def settings(self) -> dict:
         return dict(self._settings)

@@ -226,6 +226,14 @@ class TensorRTParams:
 
 
 @dataclass
+class ComparisonParams:
+    """Chapter 99: the final round (results.final_round) re-times the finalists together."""
+    final_round: bool = True
+    finalists: list[str] = field(default_factory=list)  # record names to add to the chosen finalists
+    max_finalists: int = 10  # references, the budget pick and named ones always; chapter bests up to this
+
+
+@dataclass
 class Params:
     target: str = "notebook"  # outputs go to outputs/<target>/
     device: str = choice("cpu", C.DEVICES)
@@ -241,6 +249,7 @@ class Params:
     precision: PrecisionParams = field(default_factory=PrecisionParams)
     memory: MemoryParams = field(default_factory=MemoryParams)
     tensorrt: TensorRTParams = field(default_factory=TensorRTParams)
+    comparison: ComparisonParams = field(default_factory=ComparisonParams)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

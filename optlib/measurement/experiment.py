@@ -54,7 +54,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             reference_logits: np.ndarray | None = None, speedups_against: list[str] | None = None,
             noise_floor: bool = False, also_compare: tuple[str, ...] = (), keep_existing: tuple[str, ...] = (),
             discard: tuple[str, ...] = (), data_summary: dict | None = None, outputs: Outputs | None = None,
-            progress: bool = True) -> Measurement:
+            known_memory: dict | None = None, progress: bool = True) -> Measurement:
     """Measure `runners` on `images` and write one record each.
 
     reference          the runner (in `runners`, or measured before: then pass `reference_logits`)
@@ -70,6 +70,8 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
     discard            runners whose record is not written
     outputs            how logits become decisions (default: from the params: model.num_classes,
                        data.positive_class, model.decision_threshold)
+    known_memory       {runner name: Memory} already measured from the same artifact (the final
+                       round's finalists): reused, not measured again
     Each runner's size, artifact, kernels, one-time costs and details (Runner.describe) go into its
     record; its peak memory is measured in a child process from its artifact (bench.memory).
     """
@@ -130,15 +132,16 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
         # written again; nor is its memory measured again.
         existing = r.name in keep_existing and (paths.results_dir(params.target) / f"{r.name}.json").exists()
         written = r.name not in discard and not existing
-        memory, memory_note = None, None
-        if written and params.bench.memory and r.artifact is not None:
-            try:
-                memory = measure_memory(r.artifact, base, images, sorted({latency_bs, max(params.bench.batch_sizes)}),
-                                        r.threads, r.device)
-            except MemoryMeasurementError as e:
-                memory_note = str(e)
-        elif written and params.bench.memory:
-            memory_note = "no artifact to rebuild this configuration from in a child process"
+        memory, memory_note = (known_memory or {}).get(r.name), None
+        if memory is None and written and params.bench.memory:
+            if r.artifact is None:
+                memory_note = "no artifact to rebuild this configuration from in a child process"
+            else:
+                try:
+                    memory = measure_memory(r.artifact, base, images,
+                                            sorted({latency_bs, max(params.bench.batch_sizes)}), r.threads, r.device)
+                except MemoryMeasurementError as e:
+                    memory_note = str(e)
         rec = Record(
             target=params.target, notebook=notebook, name=r.name, technique=r.technique,
             backend=r.backend, precision=r.precision, status="ok",
@@ -155,7 +158,9 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             extra={"stage_split": r.stage_split, "stage_split_max_abs_diff": stage_split_error(r, images),
                    "eval_seconds": eval_s[r.name], "bench": vars(params.bench),
                    **({"dataset": data_summary} if data_summary else {}),
-                   **({"memory_not_measured": memory_note} if memory_note else {}), **r.details},
+                   **({"memory_not_measured": memory_note} if memory_note else {}),
+                   **({"memory_reused": "measured from the same artifact before (known_memory)"}
+                      if r.name in (known_memory or {}) else {}), **r.details},
         )
         gpu = {str(bs): gpu_telemetry.combine(per[r.name]).to_dict() for bs, per in telemetry.items() if r.name in per}
         if gpu:  # absent, not zero, where nothing was sampled (CPU runners, no NVML)

@@ -14,6 +14,7 @@ anything (measured); VmHWM belongs to the new address space.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,30 +38,83 @@ def measure_memory(artifact: Artifact, base_dir: str | Path, images: list[np.nda
                    threads: int, device: str = "cpu", timeout_s: float = 900) -> Memory:
     """Peak memory of the configuration `artifact` describes, in its own process."""
     with tempfile.TemporaryDirectory(prefix="optlib-memory-") as d:
-        d = Path(d)
-        (d / "job.json").write_text(json.dumps({"artifact": to_plain(artifact), "base_dir": str(base_dir),
-                                                "batch_sizes": list(batch_sizes), "threads": threads,
-                                                "device": device}))
-        np.savez(d / "images.npz", *images[:max(batch_sizes)])
-        p = subprocess.run([sys.executable, "-m", "optlib.measurement.memory", str(d)], capture_output=True,
-                           text=True, timeout=timeout_s)
-        result = d / "result.json"
-        if p.returncode != 0 or not result.is_file():
-            tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise MemoryMeasurementError(f"memory child for a {artifact.kind} artifact exited {p.returncode}: {tail[0][:300]}")
-        return from_plain(Memory, json.loads(result.read_text()))
+        np.savez(Path(d) / "images.npz", *images[:max(batch_sizes)])
+        result, error = run_child("optlib.measurement.memory", d, {
+            "artifact": to_plain(artifact), "base_dir": str(base_dir), "batch_sizes": list(batch_sizes),
+            "threads": threads, "device": device}, timeout_s)
+        if result is None:
+            raise MemoryMeasurementError(f"memory child for a {artifact.kind} artifact {error}")
+        return from_plain(Memory, result)
 
 
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory: VmHWM where /proc has it, else ru_maxrss."""
+def run_child(module: str, job_dir: str | Path, job: dict, timeout_s: float,
+              env: dict[str, str] | None = None) -> tuple[dict | None, str | None]:
+    """Run `python -m module job_dir` with `job` in job_dir/job.json (extra `env` on top of this
+    process's). Returns (the result.json the child wrote, None), or (None, what went wrong: the exit
+    status and the last line of its output, or the timeout)."""
+    job_dir = Path(job_dir)
+    (job_dir / "job.json").write_text(json.dumps(job))
+    try:
+        p = subprocess.run([sys.executable, "-m", module, str(job_dir)], capture_output=True, text=True,
+                           timeout=timeout_s, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout_s:.0f} s"
+    result = job_dir / "result.json"
+    if result.is_file():
+        return json.loads(result.read_text()), None
+    tail = ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1][:300]
+    return None, f"exited {p.returncode}: {tail}"
+
+
+def proc_status_bytes(key: str) -> int:
+    """A memory line of /proc/self/status (VmRSS, VmHWM, VmSize, ...) in bytes. Without /proc,
+    VmHWM falls back to ru_maxrss; other keys raise KeyError."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024  # kB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    if key == "VmHWM":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    raise KeyError(key)
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping), None without it."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def release_free_heap() -> None:
+    """Hand glibc's free heap pages back to the system (malloc_trim), after a garbage collection:
+    between blocks of large, differently shaped allocations (training steps of several
+    configurations in one process) the freed pages otherwise stay resident. No-op off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM to its current resident size (/proc/self/clear_refs, Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _child(job_dir: Path) -> None:
@@ -83,7 +137,7 @@ def _child(job_dir: Path) -> None:
         images = [z[k] for k in z.files]
     torch.set_num_threads(job["threads"])
     cuda = job["device"] == "cuda" and torch.cuda.is_available()
-    resting = _peak_rss_bytes()
+    resting = proc_status_bytes("VmHWM")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     runner = load_runner(artifact, job["base_dir"], threads=job["threads"], device=job["device"])
@@ -91,7 +145,7 @@ def _child(job_dir: Path) -> None:
         batch = [images[i % len(images)] for i in range(bs)]
         for _ in range(CALLS_PER_BATCH_SIZE):
             runner.predict(batch)
-    memory = Memory(peak_bytes=_peak_rss_bytes(), resting_bytes=resting,
+    memory = Memory(peak_bytes=proc_status_bytes("VmHWM"), resting_bytes=resting,
                     method=METHOD.format(calls=CALLS_PER_BATCH_SIZE), batch_sizes=list(job["batch_sizes"]),
                     cuda_peak_allocated_bytes=int(torch.cuda.max_memory_allocated()) if cuda else None)
     (job_dir / "result.json").write_text(json.dumps(to_plain(memory)))

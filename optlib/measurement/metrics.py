@@ -41,6 +41,26 @@ def operating_points(is_positive: np.ndarray, score: np.ndarray, specificity: fl
     return out
 
 
+ECE_BINS = 15
+
+
+def calibration_metrics(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """How well the probabilities match the outcomes: `brier` (mean over images of the squared
+    distance between the probability vector and the one-hot label, summed over classes: twice the
+    binary Brier score with two classes) and `ece` (expected calibration error of the top-label
+    confidence: the image-weighted mean |accuracy - confidence| over `bins` equal-width bins).
+    Compression can change these without changing a single top-1 decision."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    confidence, top = probs.max(axis=1), probs.argmax(axis=1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)  # bin k: [k/bins, (k+1)/bins), 1.0 in the last
+    ece = sum(abs((top[which == k] == labels[which == k]).mean() - confidence[which == k].mean()) * (which == k).mean()
+              for k in range(bins) if (which == k).any())
+    return {"brier": float(((probs - onehot) ** 2).sum(axis=1).mean()), "ece": float(ece), "ece_bins": bins}
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str], outputs: Outputs | None = None,
                            operating: tuple[float, float] = (0.9, 0.9)) -> dict:
     """Accuracy (with bootstrap CI), macro P/R/F1, per-class results, confusion matrix, from the
@@ -67,6 +87,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
         "confusion_matrix": skm.confusion_matrix(labels, pred, labels=range(k)).tolist(),
         "class_names": list(class_names),
         "outputs": {"kind": outputs.kind, "threshold": outputs.threshold if outputs.binary else None},
+        **calibration_metrics(outputs.probabilities(logits), labels),
     }
     if outputs.binary:
         pos = outputs.positive_index

@@ -173,3 +173,25 @@ def independent_ratio(reference_ms, candidate_ms, reference: str = "", seed: int
     lo, hi = (float(v) for v in np.percentile(np.median(a[ia], 1) / np.median(b[ib], 1), [2.5, 97.5]))
     (lo, hi), method = _containing(point, lo, hi, "independent: trial medians of each side resampled apart")
     return Ratio(value=point, ci95=(lo, hi), reference=reference, method=method, trials=int(min(a.size, b.size)))
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """McNemar's exact test on paired predictions: `b` images only one configuration gets right,
+    `c` only the other; two-sided p of b against Binomial(b + c, 1/2) (1.0 when nothing flipped)."""
+    n = int(b) + int(c)
+    if n == 0:
+        return 1.0
+    return float(sps.binomtest(int(b), n, 0.5, alternative="two-sided").pvalue)
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate):
+    the i-th smallest is multiplied by (m - i), made monotone, capped at 1; original order kept."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return [float(v) for v in adjusted]

@@ -219,6 +219,37 @@ def latency_accuracy(records: list[Record]):
 
 
 
+def final_round(records: list[Record], max_accuracy_drop: float):
+    """The final round: latency_ms (log scale) against the accuracy change against FP32, both with
+    their 95% intervals; the Pareto front joined and marked, the accuracy budget drawn."""
+    from .final_round import pareto_front
+
+    plt = _plt()
+    ok = [r for r in records if r.ok and r.latency is not None]
+    lat = {r.name: r.latency.median for r in ok}
+    acc = {r.name: (r.fidelity.accuracy_change if r.fidelity else 0.0) * 100 for r in ok}
+    front = pareto_front(lat, acc)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in ok:
+        ci = [v * 100 for v in r.fidelity.accuracy_change_ci95] if r.fidelity else [0.0, 0.0]
+        on = r.name in front
+        ax.errorbar([lat[r.name]], [acc[r.name]], xerr=_errors(np.array([lat[r.name]]), [r.latency.ci95]),
+                    yerr=_errors(np.array([acc[r.name]]), [ci]), fmt="o" if on else "s", capsize=3,
+                    color="C3" if on else "C0", alpha=1.0 if on else 0.6)
+        ax.annotate(r.extra.get("final_round", {}).get("of", r.name), (lat[r.name], acc[r.name]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.plot([lat[n] for n in front], [acc[n] for n in front], "-", color="C3", lw=1, label="Pareto front")
+    ax.axhline(-max_accuracy_drop * 100, color="grey", ls="--", lw=1, label=f"budget -{max_accuracy_drop:.1%}")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency_ms (batch {ok[0].batch_size if ok else '?'}, log scale; bars: 95% CI)")
+    ax.set_ylabel("accuracy change vs FP32, points (95% CI)")
+    ax.set_title("Final round: every finalist timed in the same run")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def pruning_accuracy(unstructured: pd.DataFrame, structured: pd.DataFrame, recovery: pd.DataFrame,
                      reference_accuracy: float, control_accuracy: float | None = None):
     """Accuracy against sparsity (unstructured, per criterion and scope, with and without fine-tuning),

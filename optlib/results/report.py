@@ -1,9 +1,11 @@
 """Every record of a target side by side: the comparison table, the HTML report and thesis-ready
 tables (CSV, LaTeX, Markdown) under outputs/<target>/.
 
-Speed-ups here are the records' own: each was measured against the reference in the same run as
-the configuration (results.records.Record.speedups). Records of different chapters were timed in
-different processes, so their latencies are not divided by each other here.
+The report opens with chapter 99's final round (results.final_round): the finalists re-timed
+together, so its ratios come from one run. Below it, every chapter's records with their own
+speed-ups, each measured against the reference in the same run as the configuration
+(results.records.Record.speedups); records of different chapters were timed in different processes,
+so their latencies are not divided by each other.
 """
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from ..core import paths
 from ..core.io import json_safe, write_text_atomic
+from . import final_round
 from .compare import fmt_ci, operating_point_columns, training_memory_table
 from .records import Record, load_records
 from .values import to_plain
@@ -92,6 +96,8 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
     if not records:
         raise FileNotFoundError(f"{paths.results_dir(target)}: no result records; run the notebooks first "
                                 f"(python -m optlib run --target {target})")
+    final = {r.name: r for r in records if r.name.startswith(final_round.PREFIX)}
+    records = [r for r in records if r.name not in final]  # the chapters' own records
     df = comparison_table(records, reference)
     tables = write_tables(df, target)
     fig = latency_accuracy(records)
@@ -106,10 +112,11 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
         "latency_ms: the full model's time per call, median of per-trial medians, with a bootstrap 95% interval; "
         f"speedup: against <code>{reference}</code> timed in the same run as the configuration (median of per-trial "
         "ratios, interval over trials); accuracy_change: paired bootstrap interval against the reference.</p>",
+        *_final_section(final, target, tables),
         "<h2>Machine</h2><pre>" + html.escape(json.dumps(
             {k: env.get(k) for k in ("cpu", "cpu_count", "gpu", "platform", "git_commit", "timestamp",
                                      "versions")}, indent=2)) + "</pre>",
-        "<h2>Comparison</h2>",
+        "<h2>Comparison (each configuration as measured in its own chapter's run)</h2>",
         df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp"),
         f'<h2>Latency vs accuracy</h2><img src="data:image/png;base64,{img}"/>',
     ]
@@ -135,6 +142,67 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>optlib report {html.escape(target)}</title>" \
            f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
     return write_text_atomic(page, paths.target_dir(target) / "report.html")
+
+
+def _markdown(text: str) -> str:
+    """The findings' Markdown subset (paragraphs, **bold**, `code`) as HTML."""
+    out = []
+    for para in text.split("\n\n"):
+        p = html.escape(para)
+        p = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", p)
+        out.append("<p>" + re.sub(r"`(.+?)`", r"<code>\1</code>", p) + "</p>")
+    return "".join(out)
+
+
+def _recommendation(final: dict[str, Record]) -> str:
+    """The answer first: the configuration the deploy folder hands off, what it buys, and why."""
+    from .deploy import DeployError, choose
+
+    ref = final[final_round.PREFIX + final_round.REFERENCE]
+    try:
+        r, why = choose(list(final.values()), ref.extra["final_round"].get("max_accuracy_drop", 0.005))
+    except DeployError as e:
+        return f"<p><b>No recommendation:</b> {html.escape(str(e))}</p>"
+    s, f = r.speedup(ref.name), r.fidelity
+    text = (f"**Recommended: {r.extra['final_round']['of']}** ({why}): {s.value:.2f}x [{s.ci95[0]:.2f}, "
+            f"{s.ci95[1]:.2f}] the speed of {final_round.REFERENCE} at batch {r.batch_size} in this round"
+            + (f", accuracy {f.describe_change()}" if f is not None else "") + ". It is the model in `deploy/`.")
+    return _markdown(text)
+
+
+def _final_section(final: dict[str, Record], target: str, tables: dict) -> list[str]:
+    """The headline: the final round's findings, table (also written as CSV, LaTeX and Markdown)
+    and Pareto figure; nothing when the round has not run."""
+    from .figures import final_round as final_figure
+    from .figures import runtimes
+
+    ref = final.get(final_round.PREFIX + final_round.REFERENCE)
+    if ref is None:
+        return []
+    if not ref.ok:
+        return [f"<h2>Final round</h2><p>Did not run: {html.escape(str(ref.reason))}</p>"]
+    head = final_round.headline_table(final)
+    out_dir = paths.target_dir(target) / "tables"
+    tables["final_csv"] = write_text_atomic(head.to_csv(), out_dir / "final_round.csv")
+    tables["final_tex"] = write_text_atomic(head.to_latex(float_format="%.3f", na_rep="--"), out_dir / "final_round.tex")
+    tables["final_md"] = write_text_atomic(head.to_markdown(floatfmt=".3f"), out_dir / "final_round.md")
+    timed = [r for r in final.values() if r.ok and r.latency is not None]
+    figs = {"final_round": final_figure(timed, ref.extra["final_round"].get("max_accuracy_drop", 0.005)),
+            "final_round_stages": runtimes(timed, ref.name)}
+    for name, fig in figs.items():  # PNG for the page, SVG for a thesis
+        fig.savefig(paths.figures_dir(target) / f"{name}.png", dpi=110)
+        fig.savefig(paths.figures_dir(target) / f"{name}.svg")
+    costs = final_round.break_even_table(final)
+    tables["break_even_csv"] = write_text_atomic(costs.to_csv(), out_dir / "break_even.csv")
+    html_table = dict(float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp")
+    return ["<h2>Final round: every finalist re-timed in one run</h2>", _recommendation(final),
+            _markdown(final_round.findings(final)),
+            head.to_html(**html_table), f'<img src="data:image/png;base64,{_fig_to_base64(figs["final_round"])}"/>',
+            "<h3>Where the time goes (per stage, this round)</h3>",
+            f'<img src="data:image/png;base64,{_fig_to_base64(figs["final_round_stages"])}"/>',
+            "<h3>One-time costs and break-even</h3><p>Seconds paid once (from each finalist's own chapter) against "
+            "the per-image saving in this round: the images after which the configuration has paid for itself.</p>",
+            costs.to_html(**html_table)]
 
 
 def summary(target: str, fmt: str = "table", reference: str = REFERENCE) -> str:

@@ -8,11 +8,16 @@ made by ONNX Runtime's quantizer from 04's calibration set (`TRT_INT8`) and chec
 (`qdq_report`); ONNX Runtime runs that same graph on the CPU, so its accuracy against FP32 is known
 before any GPU sees it.
 
+Also tested here: `graph_shapes` (the image profile's batch range on a stage graph's own input) and
+`ort_tensorrt_options` (ONNX Runtime's TensorRT provider options).
+
 What is written against NVIDIA's documentation and has never executed on this project's machines
 (no GPU, and TensorRT cannot be installed on them): `build_engine` (OnnxParser, optimisation profile,
 workspace pool, builder optimisation level, timing cache, strongly typed network),
 `TensorRTRunner` (deserialize, set_input_shape / set_tensor_address / execute_async_v3 on torch's
-current stream, CUDA events) and `torch_tensorrt_runner`.
+current stream; the full-model engine for `predict`, the features and head engines for the stage
+split; stages are timed on the host clock after a stream synchronize, like every backend) and
+`torch_tensorrt_runner`.
 
 Precision across versions: TensorRT 11 networks are always strongly typed (its builder precision
 flags and implicit INT8 calibrators are gone); TensorRT 10 still has the flags but accepts a
@@ -62,6 +67,46 @@ def profile_shapes(batch_sizes: list[int], image_size: int, channels: int = 3,
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"'tensorrt.profile_batches' must be min <= opt <= max, all >= 1, got {[lo, opt, hi]}")
     return {k: (b, channels, image_size, image_size) for k, b in (("min", lo), ("opt", opt), ("max", hi))}
+
+
+def graph_shapes(onnx_path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The profile `shapes` (of the image input) carried over to another graph's first input: the
+    same min / opt / max batch, the graph's own fixed dimensions after it (a head graph's input is
+    (batch, features)). ValueError if a dimension after the batch is not fixed."""
+    first = _first_input(onnx_path)
+    dims = first.type.tensor_type.shape.dim[1:]
+    if not all(d.HasField("dim_value") for d in dims):
+        raise ValueError(f"{onnx_path}: input '{first.name}' has a dynamic dimension after the batch; an optimisation "
+                         "profile needs it fixed (export with a fixed image size)")
+    rest = tuple(d.dim_value for d in dims)
+    return {k: (v[0], *rest) for k, v in shapes.items()}
+
+
+def _first_input(onnx_path: str | Path):
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return next(i for i in graph.input if i.name not in initializers)
+
+
+def ort_tensorrt_options(onnx_path: str | Path, shapes: dict[str, tuple[int, ...]], cache_dir: str | Path,
+                         workspace_bytes: int, optimization_level: int, fp16: bool = False) -> dict[str, str]:
+    """ONNX Runtime's TensorRT execution provider options: engine and timing caches under
+    `cache_dir` (a second session with the same graph and settings loads the engine instead of
+    building it), the workspace limit, the builder optimisation level and the same explicit
+    optimisation profile as the engines built here ("name:NxCxHxW")."""
+    name = _first_input(onnx_path).name
+
+    def profile(k):
+        return f"{name}:{'x'.join(str(d) for d in shapes[k])}"
+
+    cache = str(cache_dir)
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache, "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": cache, "trt_max_workspace_size": str(int(workspace_bytes)),
+            "trt_builder_optimization_level": str(int(optimization_level)), "trt_fp16_enable": str(bool(fp16)),
+            "trt_profile_min_shapes": profile("min"), "trt_profile_opt_shapes": profile("opt"),
+            "trt_profile_max_shapes": profile("max")}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -217,10 +262,11 @@ class EngineBuild:
 
 
 def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, shapes: dict, workspace_bytes: int,
-                 optimization_level: int = 3, timing_cache: str | Path | None = None, gpu: str = "") -> EngineBuild:
+                 optimization_level: int = 3, timing_cache: str | Path | None = None, gpu: str = "",
+                 part: str = "model") -> EngineBuild:
     """Parse `onnx_path` (whose precision is in the graph), build a serialized engine with one
-    optimisation profile for the image input, save it under `out_dir/<key>.engine` (reused when
-    the key matches), and reuse / update the timing cache file."""
+    optimisation profile for its input, save it under `out_dir/<precision>-<part>-<key>.engine`
+    (reused when the key matches), and reuse / update the timing cache file."""
     import tensorrt as trt
 
     path_kind = build_path(trt.__version__)
@@ -228,7 +274,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
                            optimization_level)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine_path = out_dir / f"{precision}-{key}.engine"
+    engine_path = out_dir / f"{precision}-{part}-{key}.engine"
     base = dict(key=key, build_path=path_kind, tensorrt=trt.__version__, shapes=shapes,
                 timing_cache=str(timing_cache) if timing_cache else None)
     if engine_path.is_file():
@@ -330,7 +376,9 @@ def load_engine(artifact, name: str, threads: int, device: str) -> TensorRTRunne
     """backends.artifacts loader of kind `tensorrt`: the serialized engine, deserialized."""
     from ..backends.artifacts import spec_of
 
-    return TensorRTRunner(artifact.files["engine"], spec_of(artifact), name, artifact.options["precision"])
+    f = artifact.files
+    return TensorRTRunner(f["engine"], spec_of(artifact), name, artifact.options["precision"],
+                          features_path=f.get("features"), head_path=f.get("head"))
 
 
 def load_torch_tensorrt(artifact, name: str, threads: int, device: str):

@@ -62,9 +62,9 @@ def gpu_runners(ch, s: Setup) -> list:
         s.skipped[name] = reason
         ch.skip(name, technique, backend, precision, reason)
 
-    graphs = {"fp32": s.graphs.paths["model"]}
+    graphs = {"fp32": dict(s.graphs.paths)}  # per precision: {model, features, head: ONNX path}
     if s.qdq is not None:
-        graphs["int8"] = s.qdq.artifact.files["model"]
+        graphs["int8"] = dict(s.qdq.artifact.files)
     for precision in T.precisions:
         name = f"tensorrt-{precision}"
         reason = a["tensorrt"]
@@ -102,7 +102,12 @@ def gpu_runners(ch, s: Setup) -> list:
             if reason is not None:
                 skip(name, "runtime", "onnxruntime", "fp32", reason)
                 continue
-            config = OrtConfig.from_params(P, providers=[provider, "CPUExecutionProvider"])
+            options = {}
+            if provider == "TensorrtExecutionProvider":
+                options[provider] = trt_tools.ort_tensorrt_options(
+                    s.graphs.paths["model"], s.shapes, ch.artifacts_dir / "ort-trt-cache", int(T.workspace_gib * 2 ** 30),
+                    T.optimization_level)
+            config = OrtConfig.from_params(P, providers=[provider, "CPUExecutionProvider"], provider_options=options)
             r = OrtRunner(s.graphs.paths["model"], ch.spec, name=name, config=config,
                           features_path=s.graphs.paths.get("features"), head_path=s.graphs.paths.get("head"))
             runners.append(r.describe(size_bytes=onnx_size_bytes(s.graphs.paths["model"])))
@@ -110,19 +115,26 @@ def gpu_runners(ch, s: Setup) -> list:
 
 
 def _engine_runner(ch, s: Setup, precision: str, graphs: dict):
+    """Engines of the full graph and of its two stages (features, head: per-stage timing like the
+    other backends), each with the image profile's batch range."""
     T = ch.params.tensorrt
-    source = graphs["int8"] if precision == "int8" else graphs["fp32"]
+    sources = graphs["int8"] if precision == "int8" else graphs["fp32"]
     if precision == "fp16":
-        source = fp16_graph(graphs["fp32"], s.graphs.out_dir / "model.fp16.onnx")
+        sources = {part: fp16_graph(p, s.graphs.out_dir / f"{part}.fp16.onnx") for part, p in sources.items()}
     cache = T.timing_cache or str(ch.artifacts_dir / "timing.cache")
-    kw = dict(shapes=s.shapes, workspace_bytes=int(T.workspace_gib * 2 ** 30), optimization_level=T.optimization_level,
-              timing_cache=cache, gpu=s.availability["gpu"] or "")
-    build = trt_tools.build_engine(source, ch.artifacts_dir / "engines", precision, **kw)
-    runner = trt_tools.TensorRTRunner(build.path, ch.spec, f"tensorrt-{precision}", precision)
-    artifact = Artifact("tensorrt", {"engine": str(build.path)}, {"precision": precision, "key": build.key,
-                                                                  "tensorrt": build.tensorrt}, ch.spec.to_dict())
-    return runner.describe(size_bytes=build.size_bytes, artifact=artifact, one_time_cost_seconds={
-        "engine build": build.seconds}, tensorrt=trt_tools.describe_build(build), onnx_source=str(source))
+    builds = {part: trt_tools.build_engine(
+        p, ch.artifacts_dir / "engines", precision, shapes=trt_tools.graph_shapes(p, s.shapes),
+        workspace_bytes=int(T.workspace_gib * 2 ** 30), optimization_level=T.optimization_level, timing_cache=cache,
+        gpu=s.availability["gpu"] or "", part=part) for part, p in sources.items()}
+    files = {"engine" if part == "model" else part: str(b.path) for part, b in builds.items()}
+    runner = trt_tools.TensorRTRunner(files["engine"], ch.spec, f"tensorrt-{precision}", precision,
+                                      features_path=files.get("features"), head_path=files.get("head"))
+    model = builds["model"]
+    artifact = Artifact("tensorrt", files, {"precision": precision, "key": model.key, "tensorrt": model.tensorrt},
+                        ch.spec.to_dict())
+    return runner.describe(size_bytes=model.size_bytes, artifact=artifact, one_time_cost_seconds={
+        "engine build": sum(b.seconds for b in builds.values())}, tensorrt={
+        part: trt_tools.describe_build(b) for part, b in builds.items()}, onnx_source=str(sources["model"]))
 
 
 def findings(records: dict, s: Setup) -> str:

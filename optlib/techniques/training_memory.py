@@ -17,8 +17,10 @@ in order followed by flatten and the head (ResNet, not MobileNetV2, which pools 
   the default dynamic threshold freed tensors stay in the heap, and block checkpointing read a
   higher peak than no checkpointing (818 against 800 MB for ResNet18, 64x64, batch 256; with the
   threshold fixed 436 against 553 MB).
-- Time: in this process, every configuration at each batch size, interleaved per trial (same
-  inputs, threads and allocator), so the cost of checkpointing is a paired same-run ratio.
+- Time: one child process per batch size with every configuration in it, interleaved per trial
+  (same inputs, threads and allocator: the default one a training process has), so the cost of
+  checkpointing is a paired same-run ratio; a batch size that runs out of memory there loses its
+  times, not the chapter.
 - Estimate: the tensors autograd saves in one forward (saved_tensors_hooks, counted once per
   storage, parameters and the batch excluded) at two batch sizes, extended linearly, plus gradients and optimizer
   state; for checkpointed configurations what is saved outside the checkpointed segments, their
@@ -31,9 +33,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from ..core.choices import CHECKPOINT_GRANULARITIES, TRAIN_OPTIMIZERS, TRAIN_PRECISIONS, check_choice
+from ..measurement.memory import proc_status_bytes, reset_peak, run_child
 from ..workload.models import resolve_module
 from ..workload.outputs import Outputs
 
@@ -349,19 +350,27 @@ def saved_bytes(model: nn.Module, config: TrainConfig, head: str | None, outputs
 
         hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
 
+    # Every saved tensor stays alive in `alive` until the count is done (no freed address is counted
+    # again for another tensor), but pack hands autograd None, not the tensor: a pack hook that
+    # returns its tensor ties an op's saved output to its own grad_fn in a cycle Python's collector
+    # cannot see, and each call leaked its whole forward (430 MB per call, ResNet50 at batch 4).
+    # Nothing here runs backward, so nothing unpacks.
+    alive = []
+
     def pack(t):
         s = t.untyped_storage()
         if s.data_ptr() not in excluded and s.data_ptr() not in seen:
             seen[s.data_ptr()] = (s.nbytes(), current[0])
-        return t
+        alive.append(t)
 
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None), \
                 torch.autocast(x.device.type, dtype=config.dtype or torch.bfloat16, enabled=config.dtype is not None):
             outputs.loss(module(x), y)
     finally:
         for h in hooks:
             h.remove()
+        alive.clear()
     per_segment: dict = {}
     for nbytes, seg in seen.values():
         per_segment[seg] = per_segment.get(seg, 0) + nbytes
@@ -453,41 +462,38 @@ def measure_step_memory(job: ChildJob, config: TrainConfig, batch_size: int, lim
     (CHILD_ENV set); with `limit_bytes`, an allocation that would take the process more than
     `slack_bytes` of address space beyond it fails and the result is `oom`."""
     with tempfile.TemporaryDirectory(prefix="optlib-train-memory-") as d:
-        d = Path(d)
-        (d / "job.json").write_text(json.dumps({"job": asdict(job), "config": config.to_dict(),
-                                                "batch_size": batch_size, "limit_bytes": limit_bytes,
-                                                "slack_bytes": slack_bytes}))
-        try:
-            p = subprocess.run([sys.executable, "-m", "optlib.techniques.training_memory", str(d)], capture_output=True,
-                               text=True, timeout=timeout_s, env={**os.environ, **CHILD_ENV})
-        except subprocess.TimeoutExpired:
-            return StepMemory(config.name, batch_size, "failed", error=f"timed out after {timeout_s:.0f} s",
-                              limit_bytes=limit_bytes)
-        result = d / "result.json"
-        if result.is_file():
-            return StepMemory(**json.loads(result.read_text()))
-        tail = ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1][:300]
-        # Under a cap, a child that dies without a result ran out of memory where it could not raise.
-        status = "oom" if limit_bytes is not None else "failed"
-        return StepMemory(config.name, batch_size, status, error=f"child exited {p.returncode}: {tail}",
-                          limit_bytes=limit_bytes)
+        result, error = run_child("optlib.techniques.training_memory", d, {
+            "job": asdict(job), "config": config.to_dict(), "batch_size": batch_size, "limit_bytes": limit_bytes,
+            "slack_bytes": slack_bytes}, timeout_s, CHILD_ENV)
+    if result is not None:
+        return StepMemory(**result)
+    # Under a cap, a child that dies without a result ran out of memory where it could not raise.
+    status = "oom" if limit_bytes is not None and not error.startswith("timed out") else "failed"
+    return StepMemory(config.name, batch_size, status, error=f"child {error}", limit_bytes=limit_bytes)
 
 
-def _proc_status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
+@dataclass
+class StepTimes:
+    """One timing child's result: per configuration, one list of step times (ms) per trial."""
+    batch_size: int
+    samples: dict[str, list[list[float]]] = field(default_factory=dict)
+    error: str | None = None
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def measure_step_times(job: ChildJob, configs: list[TrainConfig], batch_size: int, warmup: int, trials: int,
+                       steps_per_trial: int, timeout_s: float = 3600) -> StepTimes:
+    """Step times of every configuration at `batch_size`, interleaved in one fresh process: per
+    trial one block of `steps_per_trial` steps per configuration, the order reversed every other
+    trial, after `warmup` untimed steps each. The process has the allocator a training process has
+    (not CHILD_ENV) and hands free heap pages back between blocks; running out of memory there
+    costs this batch size's times, not the chapter."""
+    with tempfile.TemporaryDirectory(prefix="optlib-train-times-") as d:
+        result, error = run_child("optlib.techniques.training_memory", d, {
+            "mode": "times", "job": asdict(job), "configs": [c.to_dict() for c in configs], "batch_size": batch_size,
+            "warmup": warmup, "trials": trials, "steps_per_trial": steps_per_trial}, timeout_s)
+    if result is None:
+        return StepTimes(batch_size, error=f"the timing child {error}")
+    return StepTimes(**result)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -497,27 +503,66 @@ def _is_oom(e: BaseException) -> bool:
     return "can't allocate memory" in text or "out of memory" in text or "cannot allocate memory" in text
 
 
-def _child(job_dir: Path) -> None:
+def _child_setup(job: ChildJob, bs: int):
+    """What every child builds: the model from its artifact, the batch (on the job's device)."""
     import torchvision  # noqa: F401  (the runtime belongs to the resting state)
 
     from ..backends.artifacts import build_eager, resolved
     from ..results.values import Artifact, from_plain
 
+    torch.set_num_threads(job.threads)
+    model = build_eager(resolved(from_plain(Artifact, job.artifact), job.base_dir))
+    x, y = tile(torch.from_numpy(np.load(job.images)), bs), tile(torch.from_numpy(np.load(job.labels)), bs)
+    if job.device == "cuda":
+        model, x, y = model.cuda(), x.cuda(), y.cuda()
+    return model, Outputs(**job.outputs), x, y
+
+
+def _trainable_step(model, config: TrainConfig, job: ChildJob, x):
+    """(module, optimizer, scaler) of one configuration in a child."""
+    module, held = trainable(model, config, job.head, x[:2] if config.checkpoint == "sequential" else None)
+    scaler = torch.amp.GradScaler("cuda") if job.device == "cuda" and config.precision == "fp16-autocast" else None
+    return module, make_optimizer(held.parameters(), job.optimizer, job.lr), scaler
+
+
+def _times_child(spec: dict, job_dir: Path) -> None:
+    from ..measurement.memory import release_free_heap
+
+    job, bs = ChildJob(**spec["job"]), spec["batch_size"]
+    model, outputs, x, y = _child_setup(job, bs)
+    built = [(c, *_trainable_step(model, c, job, x)) for c in map(TrainConfig.from_dict, spec["configs"])]
+    del model
+
+    def step(entry) -> float:
+        config, module, optimizer, scaler = entry
+        t0 = time.perf_counter_ns()
+        train_step(module, optimizer, config, outputs, x, y, scaler)
+        if job.device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    samples: dict[str, list[list[float]]] = {c.name: [] for c, *_ in built}
+    for entry in built:
+        for _ in range(spec["warmup"]):
+            step(entry)
+        release_free_heap()
+    for trial in range(spec["trials"]):
+        for entry in (built if trial % 2 == 0 else built[::-1]):
+            samples[entry[0].name].append([step(entry) for _ in range(spec["steps_per_trial"])])
+            release_free_heap()
+    (job_dir / "result.json").write_text(json.dumps({"batch_size": bs, "samples": samples}))
+
+
+def _child(job_dir: Path) -> None:
     spec = json.loads((job_dir / "job.json").read_text())
+    if spec.get("mode") == "times":
+        return _times_child(spec, job_dir)
     job, config, bs = ChildJob(**spec["job"]), TrainConfig.from_dict(spec["config"]), spec["batch_size"]
     limit = spec["limit_bytes"]
-    torch.set_num_threads(job.threads)
     cuda = job.device == "cuda"
-    model = build_eager(resolved(from_plain(Artifact, job.artifact), job.base_dir))
-    outputs = Outputs(**job.outputs)
-    images = torch.from_numpy(np.load(job.images))
-    x, y = tile(images, bs), tile(torch.from_numpy(np.load(job.labels)), bs)
-    if cuda:
-        model, x, y = model.cuda(), x.cuda(), y.cuda()
-    module, held = trainable(model, config, job.head, x[:2] if config.checkpoint == "sequential" else None)
-    del model, images
-    optimizer = make_optimizer(held.parameters(), job.optimizer, job.lr)
-    scaler = torch.amp.GradScaler("cuda") if cuda and config.precision == "fp16-autocast" else None
+    model, outputs, x, y = _child_setup(job, bs)
+    module, optimizer, scaler = _trainable_step(model, config, job, x)
+    del model
     gc.collect()
     result = {"config": config.name, "batch_size": bs, "limit_bytes": limit}
     if cuda:
@@ -527,10 +572,10 @@ def _child(job_dir: Path) -> None:
         if limit is not None:
             torch.cuda.set_per_process_memory_fraction(min(1.0, limit / torch.cuda.get_device_properties(0).total_memory))
     else:
-        _reset_peak()
-        resting = _proc_status("VmRSS")
+        reset_peak()
+        resting = proc_status_bytes("VmRSS")
         if limit is not None:
-            cap = _proc_status("VmSize") + max(0, limit - resting) + spec["slack_bytes"]
+            cap = proc_status_bytes("VmSize") + max(0, limit - resting) + spec["slack_bytes"]
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     times = []
     try:
@@ -546,7 +591,7 @@ def _child(job_dir: Path) -> None:
     if cuda:
         peak, allocated = torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated()
     else:
-        peak, allocated = _proc_status("VmHWM"), None
+        peak, allocated = proc_status_bytes("VmHWM"), None
     result.update(status=status, peak_bytes=int(peak), resting_bytes=int(resting), cuda_peak_allocated_bytes=allocated,
                   step_ms=times, error=error)
     (job_dir / "result.json").write_text(json.dumps(result))

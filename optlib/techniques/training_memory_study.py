@@ -1,16 +1,15 @@
 """Chapter 08's experiment: every training configuration's gradients, estimate, memory per batch
-size (child processes), step time (interleaved trials here), largest batch under the budget, and
+size (child processes), step time (interleaved trials, one child per batch size), largest batch under the budget, and
 one record each (technique `training-memory`). The mechanics live in techniques.training_memory.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from ..backends.artifacts import relative_to
+from ..backends.artifacts import Artifact, relative_to
 from ..core import env, paths
 from ..measurement.stats import paired_ratio, summarize
 from ..results.records import Record, write_record
@@ -33,12 +32,13 @@ class Plan:
     images: torch.Tensor
     labels: torch.Tensor
     source: str  # which images the steps train on
+    artifact: Artifact  # the eager model the children rebuild, relative to the target's folder
     estimates: dict[str, tm.Estimate] = field(default_factory=dict)
     gradients: dict[str, dict] = field(default_factory=dict)
     segment_estimates: dict[int, int] = field(default_factory=dict)  # sequential: held bytes per segment count
 
 
-def plan(ch, progress: bool = True) -> Plan:
+def plan(ch) -> Plan:
     """Configurations of `memory.*`: skipped where this device cannot run them (a record each) or
     where the model has nothing the granularity can checkpoint; `sequential` gets the segment
     count with the least estimated memory. Writes the training images for the children under the
@@ -56,7 +56,7 @@ def plan(ch, progress: bool = True) -> Plan:
     job = tm.ChildJob(to_plain(artifact), str(base), str(ch.artifacts_dir / "train-images.npy"),
                       str(ch.artifacts_dir / "train-labels.npy"), asdict(ch.outputs), ch.model_info.head, M.optimizer,
                       P.train.lr * P.finetune.lr_scale, P.bench.threads, P.device, M.steps)
-    out = Plan([], {}, job, images, labels, source)
+    out = Plan([], {}, job, images, labels, source, artifact)
     gx, gy = images[:M.gradient_batch], labels[:M.gradient_batch]
     for config in tm.configurations(P):
         reason = tm.unavailable_reason(config, P.device)
@@ -97,46 +97,41 @@ def memory_sweep(p: Plan, batch_sizes: list[int], progress: bool = True) -> dict
     return out
 
 
-def step_times(ch, p: Plan, progress: bool = True) -> dict[int, dict[str, list[np.ndarray]]]:
-    """Training-step times (ms) of every configuration at each batch size, in this process: per
-    trial one block of `steps_per_trial` steps per configuration, the order reversed every other
-    trial, after `warmup_steps` untimed steps each. {batch size: {name: [one array per trial]}}."""
+def too_big_to_time(sweep: dict[str, dict[int, tm.StepMemory]], batch_sizes: list[int],
+                    available: int | None) -> dict[int, str]:
+    """{batch size: why} for the batch sizes whose largest child peak is over three quarters of
+    `available` bytes (the rest is for the timing child's other configurations and heap)."""
+    out = {}
+    for bs in batch_sizes:
+        peaks = [runs[bs].peak_bytes for runs in sweep.values() if bs in runs and runs[bs].peak_bytes]
+        if peaks and available is not None and max(peaks) > 0.75 * available:
+            out[bs] = (f"a step's child peak {max(peaks) / 1e9:.1f} GB is over three quarters of the "
+                       f"{available / 1e9:.1f} GB available")
+    return out
+
+
+def step_times(ch, p: Plan, sweep: dict[str, dict[int, tm.StepMemory]] | None = None,
+               progress: bool = True) -> tuple[dict[int, dict[str, list[np.ndarray]]], dict[int, str]]:
+    """Training-step times (ms) of every configuration at each batch size, interleaved in one child
+    process per batch size (techniques.training_memory.measure_step_times): whatever a batch size
+    costs in memory, it cannot take the chapter's process down with it. A batch size whose largest
+    child peak in `sweep` is more than this machine has available is not timed.
+    Returns ({batch size: {name: [one array per trial]}}, {batch size not timed: why})."""
     from tqdm.auto import tqdm
 
+    from ..measurement.memory import available_bytes
+
     M = ch.params.memory
-    device = torch.device("cuda" if ch.params.device == "cuda" else "cpu")
-    built = []
-    for config in p.configs:
-        module, held = tm.trainable(ch.model, config, ch.model_info.head)
-        module.to(device)
-        opt = tm.make_optimizer(held.parameters(), M.optimizer, p.job.lr)
-        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config.precision == "fp16-autocast" else None
-        built.append((config, module, opt, scaler))
-
-    def run(entry, x, y) -> float:
-        config, module, opt, scaler = entry
-        t0 = time.perf_counter_ns()
-        tm.train_step(module, opt, config, ch.outputs, x, y, scaler)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter_ns() - t0) / 1e6
-
+    not_timed = too_big_to_time(sweep or {}, M.batch_sizes, available_bytes())
     out = {}
-    total = len(M.batch_sizes) * len(built) * (M.warmup_steps + M.trials * M.steps_per_trial)
-    with tqdm(total=total, desc="training steps", disable=not progress, mininterval=10) as bar:
-        for bs in M.batch_sizes:
-            x, y = tm.tile(p.images, bs).to(device), tm.tile(p.labels, bs).to(device)
-            samples = {c.name: [] for c, *_ in built}
-            for entry in built:
-                for _ in range(M.warmup_steps):
-                    run(entry, x, y)
-                    bar.update()
-            for trial in range(M.trials):
-                for entry in (built if trial % 2 == 0 else built[::-1]):
-                    samples[entry[0].name].append(np.array([run(entry, x, y) for _ in range(M.steps_per_trial)]))
-                    bar.update(M.steps_per_trial)
-            out[bs] = samples
-    return out
+    for bs in tqdm([b for b in M.batch_sizes if b not in not_timed], desc="training-step timing children",
+                   disable=not progress):
+        t = tm.measure_step_times(p.job, p.configs, bs, M.warmup_steps, M.trials, M.steps_per_trial)
+        if t.error is not None:
+            not_timed[bs] = t.error
+            continue
+        out[bs] = {name: [np.asarray(trial) for trial in trials] for name, trials in t.samples.items()}
+    return out, not_timed
 
 
 def largest_batches(ch, p: Plan, sweep: dict[str, dict[int, tm.StepMemory]],
@@ -159,11 +154,7 @@ def largest_batches(ch, p: Plan, sweep: dict[str, dict[int, tm.StepMemory]],
     return out
 
 
-def _ci(r) -> list[float]:
-    return [float(v) for v in r.ci95]
-
-
-def write_records(ch, p: Plan, sweep, times, searches) -> dict[str, Record]:
+def write_records(ch, p: Plan, sweep, times, searches, not_timed: dict[int, str] | None = None) -> dict[str, Record]:
     """One record per configuration: the peak at the largest batch in `memory`, and in
     extra.training the rows per batch size (peak, resting, estimate, step time with its interval,
     images per second, paired speed against the same precision without checkpointing and against
@@ -187,6 +178,8 @@ def write_records(ch, p: Plan, sweep, times, searches) -> dict[str, Record]:
                 plain = sweep.get(config.plain.name, {}).get(bs)
                 if config.checkpoint != "none" and plain is not None and plain.status == "ok":
                     row["cut_vs_plain"] = 1 - r.above_resting_bytes / plain.above_resting_bytes
+            if bs in (not_timed or {}):
+                row["step_time_not_measured"] = not_timed[bs]
             if bs in times:
                 s = summarize(times[bs][config.name])
                 row.update(step_ms=s.median, step_ms_ci95=list(s.ci95), images_per_s=bs / s.median * 1e3)
@@ -195,7 +188,7 @@ def write_records(ch, p: Plan, sweep, times, searches) -> dict[str, Record]:
                                          batch_size=bs)
                     speedups.append(ratio)
                     row[f"speed_vs_{ref}"] = ratio.value
-                    row[f"speed_vs_{ref}_ci95"] = _ci(ratio)
+                    row[f"speed_vs_{ref}_ci95"] = [float(v) for v in ratio.ci95]
             rows.append(row)
         largest = max(bs for bs, r in sweep[config.name].items() if r.status == "ok") if any(
             r.status == "ok" for r in sweep[config.name].values()) else None
@@ -209,7 +202,7 @@ def write_records(ch, p: Plan, sweep, times, searches) -> dict[str, Record]:
             device=env.device_info(P.device, P.bench.threads), speedups=speedups,
             memory=Memory(top.peak_bytes, top.resting_bytes, tm.METHOD.format(steps=M.steps), [largest],
                           top.cuda_peak_allocated_bytes) if top is not None else None,
-            artifact=relative_to(ch.eager_runner().artifact, paths.target_dir(P.target)),
+            artifact=p.artifact,
             settings={"threads": P.bench.threads, "optimizer": M.optimizer, "lr": p.job.lr,
                       "allocator": tm.CHILD_ENV, "steps_per_child": M.steps},
             environment=env.environment(P.hash()),

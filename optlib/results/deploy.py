@@ -1,0 +1,170 @@
+"""Hand-off: the chosen configuration as a folder that runs without optlib.
+
+`export_best(params)` (and `python -m optlib export-best --target T`) writes outputs/<T>/deploy/:
+
+  model.onnx         the chosen graph (external weights folded in), run by ONNX Runtime
+  preprocess.json    image size, mean, std, channel handling: the preprocessing it was measured with
+  classes.json       class names, how logits become a class (softmax, or one sigmoid logit and the
+                     positive class), the decision threshold
+  MODEL_CARD.md      what was chosen and why, its measured numbers with their intervals, the machine
+  predict.py         needs onnxruntime, NumPy and Pillow only (results/deploy_predict.py)
+  examples/, expected.json   a few evaluated images and optlib's predictions for them:
+                     `python predict.py --check` re-runs them in a fresh process
+
+The choice: the fastest configuration of the final round (chapter 99) that ONNX Runtime runs and
+whose accuracy change against FP32 stays above -quant.max_accuracy_drop on its whole interval;
+without a final round, the largest own-run speed-up against pytorch-fp32 among those. The folder
+is written beside the old one and swapped in only when complete.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..core import paths
+from ..workload.outputs import Outputs
+from . import final_round
+from .records import Record, load_records
+
+N_EXAMPLES = 8
+
+
+class DeployError(RuntimeError):
+    """Nothing to hand off (no ONNX configuration within the budget, or no records)."""
+
+
+def choose(records: list[Record], max_accuracy_drop: float) -> tuple[Record, str]:
+    """(the record to hand off, why it was chosen)."""
+    def onnx_within(r: Record) -> bool:
+        return (r.ok and r.latency is not None and r.artifact is not None and r.artifact.kind == "onnxruntime"
+                and (r.fidelity is None or r.fidelity.within_budget(max_accuracy_drop)))
+
+    final = [r for r in records if r.name.startswith(final_round.PREFIX) and onnx_within(r)]
+    if final:
+        best = min(final, key=lambda r: r.latency.median)
+        return best, (f"the fastest configuration of the final round that ONNX Runtime runs and whose accuracy change "
+                      f"stays above -{max_accuracy_drop:.1%} on its 95% interval")
+    own = [r for r in records if not r.name.startswith(final_round.PREFIX) and onnx_within(r)
+           and r.speedup(final_round.REFERENCE) is not None]
+    if not own:
+        raise DeployError("no ONNX Runtime configuration with a same-run speed-up within the accuracy budget: run "
+                          "02_onnx_and_compilers (and 99_comparison for the final round) first")
+    best = max(own, key=lambda r: r.speedup(final_round.REFERENCE).value)
+    return best, (f"no final round yet: the largest own-run speed-up against {final_round.REFERENCE} among the ONNX "
+                  f"Runtime configurations within -{max_accuracy_drop:.1%}")
+
+
+def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[str], spec: dict) -> str:
+    env = record.environment or {}
+    t = record.latency
+    lines = [f"# Model card: `{record.extra.get('final_round', {}).get('of', record.name)}`", "",
+             f"Chosen as {why}.", "",
+             "## Measured (all on the machine below, in one run)", "",
+             "| quantity | value | 95% interval |", "|---|---|---|",
+             f"| latency, batch {record.batch_size} (ms, preprocessing included) | {t.median:.3f} | "
+             f"{t.ci95[0]:.3f} to {t.ci95[1]:.3f} |"]
+    for s in record.speedups:
+        if s.metric == "latency":
+            lines.append(f"| speed-up against {s.reference} (same run) | {s.value:.2f}x | {s.ci95[0]:.2f} to "
+                         f"{s.ci95[1]:.2f} |")
+    if record.fidelity is not None:
+        f = record.fidelity
+        lo, hi = f.accuracy_change_ci95
+        lines.append(f"| accuracy change against {f.reference} | {f.accuracy_change:+.2%} | {lo:+.2%} to {hi:+.2%} |")
+        lines.append(f"| predictions that differ from {f.reference} | {f.flips} of {record.accuracy.get('n', '?')} | |")
+    if record.accuracy:
+        lines.append(f"| accuracy | {record.accuracy['accuracy']:.2%} | |")
+    if record.size_bytes:
+        lines.append(f"| size (MB) | {record.size_bytes / 1e6:.2f} | |")
+    if record.memory is not None:
+        lines.append(f"| peak memory of a process running it (MB) | {record.memory.peak_bytes / 1e6:.0f} | |")
+    own = record.extra.get("final_round", {}).get("own_run")
+    if own and own.get("speedup") is not None:
+        lines += ["", f"In its own chapter's run it was {own['speedup']:.2f}x [{own['speedup_ci95'][0]:.2f}, "
+                      f"{own['speedup_ci95'][1]:.2f}] against {final_round.REFERENCE}."]
+    lines += ["", "## What runs", "",
+              f"- {record.technique}, {record.backend}, precision {record.precision}, kernels "
+              f"{record.kernels.label if record.kernels else 'float'}; threads "
+              f"{(record.device or {}).get('threads')}.",
+              f"- Input: {spec['image_size']}x{spec['image_size']}, mean {spec['mean']}, std {spec['std']}"
+              f"{', grayscale repeated to RGB' if spec['grayscale_to_rgb'] else ''}.",
+              f"- Output: {outputs.kind} over {class_names}"
+              + (f", positive class `{class_names[outputs.positive_index]}` at probability >= {outputs.threshold:g}"
+                 if outputs.binary and outputs.positive_index is not None else "") + ".",
+              "", "## Machine", "",
+              f"- {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores; GPU: {env.get('gpu') or 'none'}",
+              f"- measured {env.get('timestamp', '?')}, git {env.get('git_commit', '?')}, parameters "
+              f"{env.get('params_hash', '?')}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted((env.get("versions") or {}).items())), "",
+              "Numbers from another machine, or another run, are not these: re-measure with optlib there."]
+    return "\n".join(lines) + "\n"
+
+
+def export(target: str, record: Record, why: str, outputs: Outputs, class_names: list[str],
+           examples: list[np.ndarray]) -> Path:
+    """Write outputs/<target>/deploy/ for `record` (an onnxruntime artifact); returns the folder."""
+    import onnx
+    from PIL import Image
+
+    from ..backends.artifacts import load_runner, resolved
+
+    base = paths.target_dir(target)
+    artifact = resolved(record.artifact, base)
+    spec = dict(artifact.preprocess)
+    final = base / "deploy"
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".deploy-", dir=base))
+    try:
+        onnx.save(onnx.load(artifact.files["model"]), str(tmp / "model.onnx"))  # external data folded in
+        (tmp / "preprocess.json").write_text(json.dumps(spec, indent=2))
+        classes = {"names": class_names, "kind": outputs.kind, "positive_index": outputs.positive_index,
+                   "threshold": outputs.threshold}
+        (tmp / "classes.json").write_text(json.dumps(classes, indent=2))
+        shutil.copyfile(Path(__file__).with_name("deploy_predict.py"), tmp / "predict.py")
+        (tmp / "MODEL_CARD.md").write_text(_model_card(record, why, outputs, class_names, spec))
+        (tmp / "examples").mkdir()
+        runner = load_runner(artifact, None, name="deploy-check", threads=1)
+        logits = np.atleast_2d(runner.predict(examples))
+        expected = []
+        for i, (im, z, c) in enumerate(zip(examples, logits, outputs.predict(logits))):
+            name = f"examples/{i}.png"
+            Image.fromarray(im).save(tmp / name)
+            expected.append({"image": name, "class": class_names[int(c)], "logits": [float(v) for v in z]})
+        (tmp / "expected.json").write_text(json.dumps(expected, indent=2))
+        old = base / ".deploy-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def export_best(params, dataset=None) -> tuple[Path, Record, str]:
+    """Choose among the target's records (`choose`) and export it, with the first evaluated images
+    as examples; `dataset` defaults to loading the params' data. Returns (folder, record, why)."""
+    from ..workload.data import load_dataset
+    from ..workload.models import model_outputs
+
+    record, why = choose(load_records(params.target), params.quant.max_accuracy_drop)
+    dataset = dataset or load_dataset(params)
+    out = export(params.target, record, why, model_outputs(params, dataset), dataset.class_names,
+                 dataset.test.images[:N_EXAMPLES])
+    return out, record, why
+
+
+def hand_off(params, dataset=None) -> str:
+    """export_best, as one line for the comparison chapter: where the folder is, or why there is none."""
+    try:
+        out, record, why = export_best(params, dataset)
+    except DeployError as e:
+        return f"no deploy folder: {e}"
+    return (f"deploy folder for {record.extra.get('final_round', {}).get('of', record.name)} ({why}): {out}; "
+            f"check it with: python {out / 'predict.py'} --check")

@@ -1,0 +1,100 @@
+"""Classify images with the exported model: needs only onnxruntime, NumPy and Pillow.
+
+    python predict.py IMAGE [IMAGE ...]        one line per image: path, class, probability
+    python predict.py --check                  re-run examples/ and compare with expected.json
+
+Copied as deploy/predict.py by `python -m optlib export-best`; it reads model.onnx, preprocess.json
+and classes.json beside it. The preprocessing is the one the model was measured with: 8-bit
+grayscale or RGB, scaled to [0, 1], resized with antialiased bilinear filtering to image_size x
+image_size, normalised with mean and std (a grayscale image is repeated into three channels when
+the model takes three).
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_image(path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        im = im.convert("L") if im.mode in ("L", "1", "I", "I;16", "F", "LA") else im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def preprocess(images, spec) -> np.ndarray:
+    """uint8 images (H, W) or (H, W, 3) -> float32 (N, C, S, S)."""
+    size = spec["image_size"]
+    channels = 3 if spec["grayscale_to_rgb"] or len(spec["mean"]) == 3 else 1
+    out = []
+    for im in images:
+        x = im.astype(np.float32) / 255.0
+        planes = [x] if x.ndim == 2 else [x[..., c] for c in range(3)]
+        if len(planes) == 3 and channels == 1:
+            planes = [np.mean(np.stack(planes), axis=0)]
+        if planes[0].shape != (size, size):
+            planes = [np.asarray(Image.fromarray(p, mode="F").resize((size, size), Image.BILINEAR)) for p in planes]
+        x = np.stack(planes)
+        if x.shape[0] == 1 and channels == 3:
+            x = np.repeat(x, 3, axis=0)
+        mean = np.asarray(spec["mean"], np.float32).reshape(-1, 1, 1)
+        std = np.asarray(spec["std"], np.float32).reshape(-1, 1, 1)
+        out.append((x - mean) / std)
+    return np.stack(out).astype(np.float32)
+
+
+def decide(logits: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
+    """(class index, its probability) per image: softmax over one logit per class, or a sigmoid
+    over the positive class's single logit; with two classes the positive class wins when its
+    probability reaches the threshold."""
+    z = logits.astype(np.float64)
+    if classes["kind"] == "sigmoid":
+        p_pos = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        probs = np.empty((len(z), 2))
+        probs[:, classes["positive_index"]] = p_pos
+        probs[:, 1 - classes["positive_index"]] = 1.0 - p_pos
+    else:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    if len(classes["names"]) == 2 and classes["positive_index"] is not None:
+        pos = classes["positive_index"]
+        idx = np.where(probs[:, pos] >= classes["threshold"], pos, 1 - pos)
+    else:
+        idx = probs.argmax(axis=1)
+    return idx, probs[np.arange(len(idx)), idx]
+
+
+def predict(paths) -> list[dict]:
+    spec = json.loads((HERE / "preprocess.json").read_text())
+    classes = json.loads((HERE / "classes.json").read_text())
+    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = preprocess([load_image(p) for p in paths], spec)
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    idx, prob = decide(np.asarray(logits), classes)
+    return [{"image": str(p), "class": classes["names"][i], "index": int(i), "probability": float(q),
+             "logits": [float(v) for v in row]} for p, i, q, row in zip(paths, idx, prob, np.atleast_2d(logits))]
+
+
+def main(argv) -> int:
+    if argv == ["--check"]:
+        expected = json.loads((HERE / "expected.json").read_text())
+        got = predict([HERE / e["image"] for e in expected])
+        wrong = [e["image"] for e, g in zip(expected, got) if e["class"] != g["class"]]
+        worst = max(abs(a - b) for e, g in zip(expected, got) for a, b in zip(e["logits"], g["logits"]))
+        print(json.dumps({"images": len(expected), "different_class": wrong, "max_abs_logit_diff": worst}))
+        return 1 if wrong else 0
+    if not argv:
+        print(__doc__)
+        return 2
+    for r in predict(argv):
+        print(f"{r['image']}\t{r['class']}\t{r['probability']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

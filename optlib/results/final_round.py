@@ -1,0 +1,300 @@
+"""The comparison chapter's final round: the finalists reloaded from their artifacts and re-timed
+together, so every ratio of the headline table comes from one run.
+
+Records of different chapters were timed in different processes at different times, and this
+machine drifts between runs (eager FP32 at 7.5, 11.0 and 14.7 ms in three runs of one day), so
+their latencies cannot be divided by each other. The final round measures every finalist in the
+same alternating trials (the same images, threads and device), with a same-vs-same twin of the
+reference for the noise floor; each finalist's record is `final-<name>`, notebook 99, with
+extra["final_round"] naming the record it re-times and why it was chosen.
+
+What a latency includes: `total` is one `Runner.predict` call on a list of decoded images, so it
+covers preprocessing (resize, normalisation, the tensor or array the runtime takes), the forward
+pass and the copy of the logits into a NumPy array; what the timing loop adds around that call is
+measured with a runner that does nothing (`harness_overhead`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..backends.artifacts import load_runner, resolved
+from ..backends.base import Runner
+from ..core import paths
+from ..measurement import timing
+from ..measurement.stats import holm, mcnemar_exact_p, summarize
+from .compare import fmt_ci
+from .records import Record, load_records
+
+PREFIX = "final-"
+REFERENCE = "pytorch-fp32"
+ALSO_AGAINST = "onnxruntime-fp32"  # a second same-run reference where it exists
+NOT_CHOSEN = "neither a reference, the budget pick, named, nor its chapter's fastest"
+
+
+@dataclass
+class Finalist:
+    record: Record
+    why: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return PREFIX + self.record.name
+
+
+def _speed(r: Record) -> float | None:
+    s = r.speedup(REFERENCE)
+    return s.value if s is not None else (1.0 if r.name == REFERENCE else None)
+
+
+def choose_finalists(records: list[Record], device: str, max_accuracy_drop: float, named: list[str] | None = None,
+                     limit: int = 10) -> tuple[list[Finalist], dict[str, str]]:
+    """The configurations the final round re-times, and those left out with the reason.
+
+    Candidates are measured records of this device with an artifact. Chosen, in this order: the
+    references (pytorch-fp32, onnxruntime-fp32); the accuracy-budget pick (the largest own-run
+    speed-up against pytorch-fp32 whose accuracy change stays above -max_accuracy_drop on its
+    whole interval); `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its
+    own run, fastest first, until `limit`. ValueError naming comparison.finalists for a name that is
+    not a candidate."""
+    left_out: dict[str, str] = {}
+    candidates: dict[str, Record] = {}
+    for r in records:
+        if not r.ok or r.latency is None or r.name.startswith(PREFIX):
+            continue
+        if r.artifact is None:
+            left_out[r.name] = "no artifact to rebuild it from"
+        elif (r.device or {}).get("kind") != device:
+            left_out[r.name] = f"measured on {(r.device or {}).get('kind')}, this run is on {device}"
+        else:
+            candidates[r.name] = r
+    chosen: dict[str, Finalist] = {}
+
+    def choose(name: str, why: str) -> None:
+        chosen.setdefault(name, Finalist(candidates[name])).why.append(why)
+
+    for ref in (REFERENCE, ALSO_AGAINST):
+        if ref in candidates:
+            choose(ref, "reference")
+    within = [r for r in candidates.values() if _speed(r) is not None and r.name != REFERENCE
+              and r.fidelity is not None and r.fidelity.within_budget(max_accuracy_drop)]
+    if within:
+        choose(max(within, key=_speed).name,
+               f"largest own-run speed-up whose accuracy change stays above -{max_accuracy_drop:.1%} on its interval")
+    for name in named or []:
+        if name not in candidates:
+            raise ValueError(f"'comparison.finalists': {name!r} is not a measured configuration with an artifact on "
+                             f"{device} ({left_out.get(name, 'no such record')}); have: {sorted(candidates)}")
+        choose(name, "named in comparison.finalists")
+    by_chapter: dict[str, Record] = {}
+    for r in candidates.values():
+        if r.name != REFERENCE and _speed(r) is not None and (
+                r.notebook not in by_chapter or _speed(r) > _speed(by_chapter[r.notebook])):
+            by_chapter[r.notebook] = r
+    for r in sorted(by_chapter.values(), key=_speed, reverse=True):
+        if r.name in chosen:
+            chosen[r.name].why.append(f"fastest of {r.notebook} in its own run")
+        elif len(chosen) < limit:
+            choose(r.name, f"fastest of {r.notebook} in its own run")
+        else:
+            left_out[r.name] = f"fastest of {r.notebook}, beyond comparison.max_finalists={limit}"
+    for name in candidates:
+        if name not in chosen and name not in left_out:
+            left_out[name] = NOT_CHOSEN
+    return list(chosen.values()), left_out
+
+
+def rebuild(ch, finalists: list[Finalist], round_info: dict | None = None) -> list[Runner]:
+    """Each finalist rebuilt from its artifact (a `failed` record where that fails), named
+    final-<name> and described like its own record (size, kernels, one-time costs); `round_info`
+    (the harness overhead, who was left out) goes into the reference's record."""
+    P = ch.params
+    base = paths.target_dir(P.target)
+    runners = []
+    for f in finalists:
+        rec = f.record
+        # the threads it was measured with (a 1-thread configuration stays one)
+        threads = (rec.device or {}).get("threads") or P.bench.threads
+        r = ch.attempt(f.name, rec.technique, rec.backend, rec.precision, lambda a=rec.artifact, n=f.name, t=threads:
+                       load_runner(a, base, name=n, threads=t, device=P.device))
+        if r is None:
+            continue
+        r.name, r.technique, r.backend, r.precision = f.name, rec.technique, rec.backend, rec.precision
+        r.artifact = resolved(rec.artifact, base)  # measure stores it relative to the target's folder again
+        own = rec.speedup(REFERENCE)
+        r.describe(size_bytes=rec.size_bytes, kernels=rec.kernels, one_time_cost_seconds=rec.one_time_cost_seconds,
+                   final_round={"of": rec.name, "notebook": rec.notebook, "why": f.why,
+                                "own_run": {"latency_ms": rec.latency.median, "latency_ci95_ms": list(rec.latency.ci95),
+                                            "speedup": own.value if own else None,
+                                            "speedup_ci95": list(own.ci95) if own else None,
+                                            "timestamp": (rec.environment or {}).get("timestamp")},
+                                **((round_info or {}) if rec.name == REFERENCE else {})})
+        runners.append(r)
+    return runners
+
+
+def run(ch, records: list[Record], progress: bool = True) -> dict[str, Record]:
+    """The whole round for chapter 99: choose the finalists among `records`, time the harness on
+    its own, rebuild the finalists and measure them all in the same trials against
+    final-pytorch-fp32 (with its twin for the noise floor) and final-onnxruntime-fp32 where it is a
+    finalist. Returns the round's records (a failed or skipped reference record when it cannot run)."""
+    P, C = ch.params, ch.params.comparison
+    ref = PREFIX + REFERENCE
+    for old in paths.results_dir(P.target).glob(PREFIX + "*.json"):  # a round's records are of one run only
+        old.unlink()
+    chosen, left_out = choose_finalists(records, P.device, P.quant.max_accuracy_drop, C.finalists, C.max_finalists)
+    if not any(f.record.name == REFERENCE for f in chosen):
+        why = f"{REFERENCE} has no measured record with an artifact on {P.device}: run 01_baseline first"
+        return {ref: ch.skip(ref, "baseline", "pytorch", "fp32", why)}
+    overhead = harness_overhead(ch.dataset.test.images, P.bench, min(P.bench.batch_sizes))
+    runners = rebuild(ch, chosen, {"harness_overhead": overhead, "left_out": left_out,
+                                   "max_accuracy_drop": P.quant.max_accuracy_drop})
+    names = [r.name for r in runners]
+    if ref not in names:
+        return {ref: next(r for r in load_records(P.target) if r.name == ref)}  # its failed record, with the error
+    against = [ref] + ([PREFIX + ALSO_AGAINST] if PREFIX + ALSO_AGAINST in names else [])
+    # peak memory belongs to the artifact, measured in a child process in its own chapter: reused, not re-measured
+    known = {f.name: f.record.memory for f in chosen if f.record.memory is not None}
+    return ch.measure(runners, reference=ref, noise_floor=True, speedups_against=against, known_memory=known,
+                      progress=progress).records
+
+
+class _Empty(Runner):
+    """A runner that does nothing: what the timing loop itself costs per call."""
+    name, backend, technique, precision = "empty", "none", "harness", "none"
+
+    def preprocess(self, images):
+        return images
+
+    def extract_features(self, x):
+        return x
+
+    def classify(self, features):
+        return features
+
+    def predict(self, images):
+        return images
+
+
+def harness_overhead(images: list[np.ndarray], bench, batch_size: int = 1) -> dict:
+    """The latency the harness reports for a runner that does nothing, with the bench settings of
+    the round: median and p99 of `total` in microseconds."""
+    s = summarize(timing.latency([_Empty(None)], images, bench, batch_size=batch_size, progress=False)["empty"]["total"])
+    return {"median_us": s.median * 1e3, "ci95_us": [v * 1e3 for v in s.ci95], "p99_us": s.p99 * 1e3,
+            "calls": s.count}
+
+
+def headline_table(records: dict[str, Record]) -> pd.DataFrame:
+    """One row per finalist (the configuration it re-times), fastest first: its chapter, kernels,
+    latency_ms with its interval, the speed-up against pytorch-fp32 in this round with its interval
+    and whether it clears the noise floor, the same ratio from its own chapter's run, accuracy
+    change with its paired interval, flips and McNemar's exact p on them (and Holm-adjusted over
+    the finalists, one family against one reference), the calibration of its
+    probabilities (ECE, Brier score; the reference's row for comparison), size, and images/s at the
+    largest batch."""
+    ref = records.get(PREFIX + REFERENCE)
+    floor = ref.noise_floor.paired.ci95 if ref is not None and ref.noise_floor is not None else None
+    rows = {}
+    for name, r in records.items():
+        if not r.ok or r.latency is None:
+            continue
+        fr = r.extra.get("final_round", {})
+        s = r.speedup(PREFIX + REFERENCE)
+        own = fr.get("own_run", {})
+        row = {"chapter": fr.get("notebook"), "precision": r.precision,
+               "kernels": r.kernels.label if r.kernels else "float", "latency_ms": r.latency.median,
+               "latency_ci95_ms": fmt_ci(r.latency.ci95, 3)}
+        if s is not None:
+            row.update(speedup=s.value, speedup_ci95=fmt_ci(s.ci95))
+            row["resolved"] = "reference" if name == PREFIX + REFERENCE else (
+                "" if floor is None else ("yes" if s.ci95[0] > floor[1] or s.ci95[1] < floor[0] else "not resolved"))
+        if own.get("speedup") is not None:
+            row.update(own_run_speedup=own["speedup"], own_run_speedup_ci95=fmt_ci(own["speedup_ci95"]))
+        f = r.fidelity
+        if f is not None:
+            row.update(accuracy_change=f.accuracy_change, accuracy_change_ci95=fmt_ci(f.accuracy_change_ci95, percent=True),
+                       flips=f.flips, mcnemar_p=mcnemar_exact_p(f.flips_now_correct, f.flips_now_wrong))
+        if r.accuracy and "ece" in r.accuracy:  # calibration: can move while top-1 does not
+            row.update(ece=r.accuracy["ece"], brier=r.accuracy["brier"])
+        row["size_mb"] = r.size_bytes / 1e6 if r.size_bytes else None
+        if r.throughput:
+            big = max(r.throughput.values(), key=lambda v: v.batch_size)
+            row[f"images_per_s bs={big.batch_size}"] = big.images_per_s
+        rows[fr.get("of", name)] = row
+    df = pd.DataFrame(rows).T.rename_axis("configuration")
+    if "mcnemar_p" in df:  # one family of tests against the same reference: Holm-adjusted too
+        tested = df["mcnemar_p"].notna()
+        df.loc[tested, "mcnemar_p_holm"] = holm(df.loc[tested, "mcnemar_p"].astype(float))
+    return df.sort_values("latency_ms") if not df.empty else df
+
+
+def break_even_table(records: dict[str, Record]) -> pd.DataFrame:
+    """Per finalist: what it cost once (export, calibration, compile, fine-tune, engine build ...
+    seconds, from its own chapter), what it saves per image against final-pytorch-fp32 in this
+    round (batch-1 latency), and after how many images the saving has paid the cost (inf when it
+    saves nothing)."""
+    ref = records.get(PREFIX + REFERENCE)
+    if ref is None or not ref.ok:
+        return pd.DataFrame()
+    rows = {}
+    for name, r in records.items():
+        if not r.ok or r.latency is None or name == ref.name:
+            continue
+        cost = float(sum((r.one_time_cost_seconds or {}).values()))
+        saving_ms = ref.latency.median - r.latency.median
+        rows[r.extra.get("final_round", {}).get("of", name)] = {
+            "one_time_s": cost, "paid_for": ", ".join(sorted(r.one_time_cost_seconds or {})) or "nothing",
+            "saving_ms_per_image": saving_ms,
+            "break_even_images": cost * 1e3 / saving_ms if saving_ms > 0 else float("inf")}
+    return pd.DataFrame(rows).T.rename_axis("configuration")
+
+
+def pareto_front(latency: dict[str, float], accuracy_change: dict[str, float]) -> list[str]:
+    """The configurations no other beats on both axes (lower or equal latency and higher or equal
+    accuracy change, better on one), fastest first."""
+    front, best = [], -np.inf
+    for name in sorted(latency, key=lambda n: (latency[n], -accuracy_change[n])):
+        if accuracy_change[name] > best:
+            front.append(name)
+            best = accuracy_change[name]
+    return front
+
+
+def findings(records: dict[str, Record]) -> str:
+    """The round's discussion, from the records it just wrote."""
+    ref = records.get(PREFIX + REFERENCE)
+    if ref is None or not ref.ok:
+        return "The final round did not run: " + (ref.reason if ref is not None else f"no {REFERENCE} finalist")
+    nf = ref.noise_floor.paired
+    overhead, left_out = ref.extra["final_round"]["harness_overhead"], ref.extra["final_round"]["left_out"]
+    lines = [f"{len(records)} finalist(s) re-timed together in this run against **{ref.name}** "
+             f"({ref.latency.median:.3f} ms, 95% CI {ref.latency.ci95[0]:.3f} to {ref.latency.ci95[1]:.3f}); "
+             f"same-vs-same noise floor {nf.value:.3f}x [{nf.ci95[0]:.3f}, {nf.ci95[1]:.3f}]."]
+    ok = [r for r in records.values() if r.ok and r.latency is not None and r.name != ref.name]
+    fastest = min([ref, *ok], key=lambda r: r.latency.median)
+    share = overhead["median_us"] / 1e3 / fastest.latency.median
+    lines.append(f"The harness adds {overhead['median_us']:.1f} us per call (median of {overhead['calls']} calls of a "
+                 f"runner that does nothing; p99 {overhead['p99_us']:.1f} us): {share:.2%} of the fastest finalist's "
+                 f"latency ({fastest.name}, {fastest.latency.median:.3f} ms).")
+    for r in sorted(ok, key=lambda r: r.latency.median):
+        s = r.speedup(ref.name)
+        own = r.extra["final_round"]["own_run"]
+        resolved = s.ci95[0] > nf.ci95[1] or s.ci95[1] < nf.ci95[0]
+        line = (f"**{r.extra['final_round']['of']}** ({r.extra['final_round']['notebook']}): {s.value:.2f}x "
+                f"[{s.ci95[0]:.2f}, {s.ci95[1]:.2f}] in this round" + ("" if resolved else " (not resolved: the "
+                                                                         "interval overlaps the noise floor)"))
+        if own.get("speedup") is not None:
+            line += f", {own['speedup']:.2f}x [{own['speedup_ci95'][0]:.2f}, {own['speedup_ci95'][1]:.2f}] in its own run"
+        if r.fidelity is not None:
+            line += f"; accuracy {r.fidelity.describe_change()}"
+        lines.append(line + ".")
+    plain = [n for n, why in left_out.items() if why == NOT_CHOSEN]
+    named = sorted((n, why) for n, why in left_out.items() if why != NOT_CHOSEN)
+    if named:
+        lines.append("Not in the round: " + "; ".join(f"`{n}` ({why})" for n, why in named) + ".")
+    if plain:
+        lines.append(f"{len(plain)} other measured configuration(s) were {NOT_CHOSEN} (their chapters' tables have "
+                     "them; `comparison.finalists` adds any by name).")
+    return "\n\n".join(lines)

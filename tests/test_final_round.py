@@ -1,0 +1,129 @@
+"""The comparison chapter's final round: who is chosen and why, the Pareto front, McNemar's exact
+test, and the headline table's noise-floor verdict. The round itself (rebuild, re-time, records,
+report) runs end to end in tests/test_pipeline.py."""
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from optlib.measurement.stats import holm, mcnemar_exact_p, summarize
+from optlib.results import final_round as fr
+from optlib.results.records import Record
+from optlib.results.values import Artifact, Fidelity, NoiseFloor, Ratio
+
+LATENCY = summarize([np.array([1.0, 1.1, 1.2])] * 5)
+
+
+def record(name, notebook, speedup=None, change=None, ci=None, device="cpu", artifact=True, status="ok", **kw):
+    fid = None if change is None else Fidelity("pytorch-fp32", 1.0, 0, 0.0, 0, 0, 0.0, 0.0, change, ci or (change, change))
+    return Record(target="t", notebook=notebook, name=name, technique="t", backend="b", precision="fp32", status=status,
+                  reason=None if status == "ok" else "why", latency_ms={"total": LATENCY} if status == "ok" else None,
+                  batch_size=1, device={"kind": device, "threads": 2},
+                  artifact=Artifact("pytorch", {"state": "x.pt"}) if artifact else None, fidelity=fid,
+                  speedups=[Ratio(speedup, (speedup * 0.9, speedup * 1.1), "pytorch-fp32", trials=5, batch_size=1)]
+                  if speedup is not None else [], **kw)
+
+
+RECORDS = [
+    record("pytorch-fp32", "01_baseline"),
+    record("onnxruntime-fp32", "02_onnx_and_compilers", 2.0, 0.0),
+    record("compile-fp32", "02_onnx_and_compilers", 1.5, 0.0),
+    record("int8-fast", "04_int8_ptq", 4.0, -0.03, (-0.05, -0.01)),  # fastest, over a 0.5% budget
+    record("int8-safe", "04_int8_ptq", 3.0, 0.0, (-0.004, 0.004)),  # within it
+    record("pruned", "06_pruning", 5.0, -0.10, (-0.12, -0.08)),
+    record("no-artifact", "03_fp16_bf16", 9.0, 0.0, artifact=False),
+    record("gpu-only", "07_tensorrt", 9.0, 0.0, device="cuda"),
+    record("skipped", "07_tensorrt", status="skipped"),
+    record("final-pytorch-fp32", "99_comparison"),
+]
+
+
+def test_finalists_are_the_references_the_budget_pick_the_named_and_each_chapters_fastest():
+    chosen, left_out = fr.choose_finalists(RECORDS, "cpu", 0.005, named=["compile-fp32"], limit=10)
+    why = {f.record.name: f.why for f in chosen}
+    assert list(why)[:2] == ["pytorch-fp32", "onnxruntime-fp32"] and why["pytorch-fp32"] == ["reference"]
+    # the fastest within the budget *on its interval* is int8-safe, not int8-fast or pruned
+    assert any("accuracy change" in w for w in why["int8-safe"])
+    assert why["compile-fp32"] == ["named in comparison.finalists"]
+    # each chapter's fastest in its own run, whatever its accuracy
+    assert "fastest of 06_pruning in its own run" in why["pruned"] and "int8-fast" in why
+    assert "fastest of 02_onnx_and_compilers in its own run" in why["onnxruntime-fp32"]
+    assert left_out["no-artifact"] == "no artifact to rebuild it from" and "cuda" in left_out["gpu-only"]
+    assert "skipped" not in why and "skipped" not in left_out and "final-pytorch-fp32" not in why
+
+
+def test_finalists_cap_drops_the_slowest_chapter_bests_first_and_a_wrong_name_is_one_line():
+    chosen, left_out = fr.choose_finalists(RECORDS, "cpu", 0.005, limit=4)
+    names = [f.record.name for f in chosen]
+    # references and the budget pick first (3), then the fastest chapter best (pruned, 5x)
+    assert names == ["pytorch-fp32", "onnxruntime-fp32", "int8-safe", "pruned"]
+    assert "beyond comparison.max_finalists=4" in left_out["int8-fast"]
+    with pytest.raises(ValueError, match="'comparison.finalists': 'gpu-only'.*cuda"):
+        fr.choose_finalists(RECORDS, "cpu", 0.005, named=["gpu-only"])
+
+
+def test_pareto_front_matches_a_brute_force_dominance_check():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 12))
+        lat = {f"c{i}": float(v) for i, v in enumerate(rng.choice(np.arange(1, 8), n))}
+        acc = {f"c{i}": float(v) for i, v in enumerate(rng.choice(np.arange(-3, 2), n))}
+
+        def dominated(a):
+            return any(lat[b] <= lat[a] and acc[b] >= acc[a] and (lat[b] < lat[a] or acc[b] > acc[a]) for b in lat)
+
+        undominated = {a for a in lat if not dominated(a)}
+        front = fr.pareto_front(lat, acc)
+        # ties on both axes keep one representative; every front member is undominated, and every
+        # undominated point is on the front or a duplicate of one that is
+        assert set(front) <= undominated
+        assert all(any((lat[a], acc[a]) == (lat[b], acc[b]) for b in front) for a in undominated)
+        assert [lat[n] for n in front] == sorted(lat[n] for n in front)
+
+
+@pytest.mark.parametrize("b,c", [(0, 0), (1, 9), (9, 1), (5, 5), (0, 12), (3, 20)])
+def test_mcnemar_exact_against_the_binomial_tail(b, c):
+    n = b + c
+    if n == 0:
+        assert mcnemar_exact_p(b, c) == 1.0
+        return
+    # the two-sided exact p: twice the smaller tail of Binomial(n, 1/2), capped at 1
+    k = min(b, c)
+    tail = sum(sps.binom.pmf(i, n, 0.5) for i in range(k + 1))
+    assert mcnemar_exact_p(b, c) == pytest.approx(min(1.0, 2 * tail))
+    if (b, c) == (1, 9):
+        assert mcnemar_exact_p(b, c) == pytest.approx(22 / 1024)  # 2 * (1 + 10) / 2**10, by hand
+
+
+def test_headline_table_says_which_ratios_clear_the_noise_floor():
+    floor = Ratio(1.0, (0.97, 1.03), "final-pytorch-fp32")
+    ref = record("final-pytorch-fp32", "99_comparison", noise_floor=NoiseFloor("twin", floor, floor))
+    ref.speedups = [Ratio(1.0, (1.0, 1.0), "final-pytorch-fp32", trials=5, batch_size=1)]
+    rows = {"final-pytorch-fp32": ref}
+    for name, s, ci in (("final-a", 2.0, (1.9, 2.1)), ("final-b", 1.02, (0.99, 1.05)), ("final-c", 0.9, (0.85, 0.95))):
+        r = record(name, "99_comparison", change=0.0)
+        r.speedups = [Ratio(s, ci, "final-pytorch-fp32", trials=5, batch_size=1)]
+        r.extra = {"final_round": {"of": name[6:], "notebook": "04_int8_ptq", "own_run": {}}}
+        rows[name] = r
+    t = fr.headline_table(rows)
+    assert t.loc["a", "resolved"] == "yes" and t.loc["c", "resolved"] == "yes"
+    assert t.loc["b", "resolved"] == "not resolved" and t.loc["final-pytorch-fp32", "resolved"] == "reference"
+    assert t.loc["a", "mcnemar_p"] == 1.0 and t.loc["a", "chapter"] == "04_int8_ptq"
+
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_break_even_is_the_one_time_cost_over_the_per_image_saving():
+    ref = record("final-pytorch-fp32", "99_comparison")
+    fast = record("final-fast", "04_int8_ptq", one_time_cost_seconds={"export": 2.0, "calibration": 4.0})
+    slow = record("final-slow", "03_fp16_bf16", one_time_cost_seconds={"compile": 30.0})
+    fast.latency_ms = {"total": summarize([np.array([0.1, 0.1, 0.1])] * 5)}  # saves 1.0 ms against 1.1 ms
+    slow.latency_ms = {"total": summarize([np.array([2.0, 2.0, 2.0])] * 5)}
+    t = fr.break_even_table({r.name: r for r in (ref, fast, slow)})
+    assert t.loc["final-fast", "break_even_images"] == pytest.approx(6.0 / 1.0e-3)  # 6 s / 1 ms
+    assert t.loc["final-fast", "paid_for"] == "calibration, export"
+    assert t.loc["final-slow", "break_even_images"] == float("inf")
