@@ -189,8 +189,14 @@ def test_check_outputs_and_runtime_graphs(tmp_path, model, images):
     # a runner that is off by a constant is caught at every batch size
     shifted = TorchRunner(model, SPEC, threads=1)
     shifted.predict = lambda batch: eager.predict(batch) + 0.5
-    diffs = check_outputs(shifted, eager, images, [1, 3])["max_abs_diff"]
-    np.testing.assert_allclose(diffs.to_numpy(), [0.5, 0.5], atol=1e-6)
+    checked = check_outputs(shifted, eager, images, [1, 3])
+    np.testing.assert_allclose(checked["max_abs_diff"].to_numpy(), [0.5, 0.5], atol=1e-6)
+    # the export bound scales with the logits: a model whose logits are 1000x larger rounds 1000x more
+    scale = float(np.abs(eager.predict(images[:3])).max())
+    assert checked.loc[3, "reference_max_abs"] == pytest.approx(scale)
+    big = TorchRunner(model, SPEC, threads=1)
+    big.predict = lambda batch: eager.predict(batch) * 1000
+    assert ox.fp32_tolerance(check_outputs(big, big, images, [3])) == pytest.approx(ox.FP32_TOLERANCE * 1000 * scale)
 
 
 def test_ort_runners_one_per_optimisation_level(tmp_path, model, images):

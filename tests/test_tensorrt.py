@@ -148,7 +148,7 @@ def test_tensorrt_int8_graph_is_symmetric_signed_qdq_and_accurate_on_cpu(quantiz
 def test_stage_graphs_get_the_image_profile_batch_range_with_their_own_dimensions(quantized, tmp_path):
     model, _, trt_ready, _ = quantized
     files = trt_ready.artifact.files
-    image = trt_tools.profile_shapes([1, 8], 8)
+    image = trt_tools.profile_shapes([1, 8], SPEC.image_size)
     assert trt_tools.graph_shapes(files["model"], image) == image
     assert trt_tools.graph_shapes(files["features"], image) == image
     # the head's input is the pooled features: (batch, the classifier's input width)

@@ -185,12 +185,14 @@ def check_outputs(runner, reference, images: list[np.ndarray], batch_sizes: list
     images, at each batch size (a dynamic batch axis must give the same answers at every size).
     Decisions as `outputs` makes them (default: argmax).
 
-    Returns a DataFrame indexed by batch_size with max_abs_diff and top1_agreement.
+    Returns a DataFrame indexed by batch_size with max_abs_diff, top1_agreement and
+    reference_max_abs (the largest reference logit, the scale float rounding is relative to).
     """
     decide = outputs.predict if outputs is not None else (lambda z: np.asarray(z).argmax(1))
     rows = {}
     for bs in sorted(set(batch_sizes)):
         batch = images[:bs]
         a, b = runner.predict(batch), reference.predict(batch)
-        rows[bs] = {"max_abs_diff": float(np.abs(a - b).max()), "top1_agreement": float((decide(a) == decide(b)).mean())}
+        rows[bs] = {"max_abs_diff": float(np.abs(a - b).max()), "top1_agreement": float((decide(a) == decide(b)).mean()),
+                    "reference_max_abs": float(np.abs(b).max())}
     return pd.DataFrame(rows).T.rename_axis("batch_size")
