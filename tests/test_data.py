@@ -80,3 +80,29 @@ def test_preprocess_resizes_grayscale_like_pil_in_every_channel():
             s = np.broadcast_to(np.array(std, dtype=np.float32), (3,))[:, None, None]
             np.testing.assert_allclose(x[i].numpy(), (pil[None] - m) / s, atol=1e-4)
         np.testing.assert_array_equal(preprocess([small], spec)[0].numpy(), x[0].numpy())
+
+
+@pytest.mark.parametrize("shape,size", [((8, 8), 64), ((100, 80), 64), ((30, 45, 3), 24), ((7, 9, 3), 32)])
+def test_dense_resize_matrices_agree_with_torch_kernel(monkeypatch, shape, size):
+    """The NumPy path (dense matrices read off torch's kernel) against torch's antialiased
+    bilinear resize itself, up- and downsampling, grayscale and RGB, and against the fallback used
+    for images too large for dense matrices."""
+    import optlib.workload.data as data
+
+    rng = np.random.default_rng(2)
+    im = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    for channels_spec in (([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], True), ([0.5], [0.25], False)):
+        spec = PreprocessSpec(size, *channels_spec)
+        dense = data.preprocess_array([im, im], spec)
+        t = torch.from_numpy(im).float().div(255)
+        t = t[None, None] if im.ndim == 2 else t.permute(2, 0, 1)[None]
+        if t.shape[1] == 3 and spec.channels == 1:
+            t = t.mean(dim=1, keepdim=True)
+        ref = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        ref = ((ref - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1))
+        ref = ref.expand(1, spec.channels, size, size).numpy()
+        assert dense.shape == (2, spec.channels, size, size) and dense.dtype == np.float32
+        np.testing.assert_allclose(dense[1:], ref, atol=2e-6)
+        monkeypatch.setattr(data, "DENSE_RESIZE_MACS", 0)
+        np.testing.assert_allclose(data.preprocess_array([im], spec), ref, atol=2e-6)
+        monkeypatch.undo()

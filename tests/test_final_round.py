@@ -127,3 +127,94 @@ def test_break_even_is_the_one_time_cost_over_the_per_image_saving():
     assert t.loc["final-fast", "break_even_images"] == pytest.approx(6.0 / 1.0e-3)  # 6 s / 1 ms
     assert t.loc["final-fast", "paid_for"] == "calibration, export"
     assert t.loc["final-slow", "break_even_images"] == float("inf")
+
+
+def _timed(name, trial_ms, **kw):
+    """A final-round record whose trial medians are `trial_ms` (one latency value per trial)."""
+    lat = summarize([np.full(3, v) for v in trial_ms])
+    return Record(target="t", notebook="99_comparison", name=name, technique="t", backend="b", precision="fp32",
+                  latency_ms={"total": lat}, batch_size=1, device={"kind": "cpu", "threads": 2}, **kw)
+
+
+def test_factorial_effects_match_hand_computed_factors():
+    """Runtime and sparsity on log latency: eager dense 10 ms, ORT dense 5, eager pruned 5, ORT
+    pruned 1.25, so ORT is 2x on the dense model and 4x on the pruned one (geometric mean 2.83x),
+    pruning likewise, and together they give 8x against 2 x 2 alone: compounding ratio 2."""
+    rng = np.random.default_rng(0)
+    noise = np.exp(rng.normal(0, 0.01, 12))  # the same round disturbs all cells of a trial alike
+    cells = {("pytorch", "fp32", "dense"): ("pytorch-fp32", 10.0), ("onnxruntime", "fp32", "dense"): ("ort", 5.0),
+             ("pytorch", "fp32", "pruned"): ("p-eager", 5.0), ("onnxruntime", "fp32", "pruned"): ("p-ort", 1.25)}
+    design = {"factorial": {"pruned": "p", "cells": [[*c, n] for c, (n, _) in cells.items()]}}
+    records = {fr.PREFIX + n: _timed(fr.PREFIX + n, ms * noise,
+                                     extra={"final_round": design} if n == "pytorch-fp32" else {})
+               for n, ms in cells.values()}
+    effects = fr.factorial_effects(records).set_index("effect")
+    assert list(effects["square"].unique()) == ["runtime x sparsity at precision = fp32"]
+    np.testing.assert_allclose(effects.loc["runtime: pytorch -> onnxruntime", "factor"], np.sqrt(8), rtol=1e-9)
+    np.testing.assert_allclose(effects.loc["sparsity: dense -> pruned", "factor"], np.sqrt(8), rtol=1e-9)
+    np.testing.assert_allclose(effects.loc["runtime x sparsity (compounding)", "factor"], 2.0, rtol=1e-9)
+    assert (effects["ci95_low"] <= effects["factor"]).all() and (effects["factor"] <= effects["ci95_high"]).all()
+    assert (effects["trials"] == 12).all()
+
+
+def test_factorial_design_takes_the_fastest_label_with_all_cells():
+    def rec(name, precision="fp32", technique="t", ms=1.0, speedups=(), threads=2):
+        r = record(name, "06_pruning", extra={"pruning": {"kind": "structured"}} if technique == "pruning" else {})
+        r.precision, r.technique, r.speedups = precision, technique, list(speedups)
+        r.latency_ms = {"total": summarize([np.full(3, ms)] * 3)}
+        r.device = {"kind": "cpu", "threads": threads}
+        return r
+
+    against = [Ratio(1.0, (1, 1), "int8-dense", trials=3, batch_size=1), Ratio(1.0, (1, 1), "int8-dense-1t", trials=3, batch_size=1)]
+    cands = [rec("pytorch-fp32"), rec("onnxruntime-fp32"), rec("int8-dense", "int8"), rec("int8-dense-1t", "int8", threads=1)]
+    for label, ms in (("a", 0.5), ("b", 0.3), ("c", 0.1)):
+        cands += [rec(f"{label}-onnxruntime-fp32", technique="pruning"),
+                  rec(f"{label}-onnxruntime-int8", "int8", "pruning", ms, against)]
+        if label != "c":  # c is fastest but has no eager FP32 cell
+            cands.append(rec(f"{label}-pytorch-fp32", technique="pruning"))
+    label, cells = fr.factorial_design({r.name: r for r in cands})
+    assert label == "b"
+    assert cells[("onnxruntime", "int8", "dense")] == "int8-dense"  # same threads as b's INT8
+    assert cells[("pytorch", "fp32", "pruned")] == "b-pytorch-fp32" and len(cells) == 6
+
+
+def test_roofline_table_shares_of_the_measured_peaks():
+    fp = {"fp32": {"2": 100e9}, "bf16": {"2": 200e9}, "int8": {"2": 400e9}}
+    ref = _timed("final-pytorch-fp32", [2.0] * 3, extra={"final_round": {
+        "of": "pytorch-fp32", "roofline": {"dense_macs": 150e6, "gemm_size": 64, "gemm_peaks_ops": fp}}})
+    pruned = _timed("final-p", [0.5] * 3, extra={"final_round": {"of": "p", "macs": 10e6}})
+    pruned.precision = "int8"
+    table = fr.roofline_table({ref.name: ref, pruned.name: pruned})
+    # 2 x 150e6 operations in 2 ms = 150 GOP/s, 1.5 of the FP32 peak; 2 x 10e6 in 0.5 ms = 40 GOP/s, 10% of INT8's
+    assert table.loc["pytorch-fp32", "achieved_gops"] == pytest.approx(150.0)
+    assert table.loc["pytorch-fp32", "share_of_peak"] == pytest.approx(1.5)
+    assert table.loc["p", "peak_of"] == "int8" and table.loc["p", "share_of_peak"] == pytest.approx(0.1)
+
+
+def test_gemm_peaks_time_real_products():
+    from optlib.measurement import roofline
+
+    fn, a, b = roofline._ort_int8_mm(32, 1)
+    np.testing.assert_array_equal(fn()[0], a.astype(np.int32) @ b.astype(np.int32))  # u8 x s8 -> s32
+    peaks = roofline.gemm_peaks([1], size=64, repeats=2)
+    assert set(peaks) == {"fp32", "bf16", "int8"} and all(peaks[k][1] > 0 for k in peaks)
+
+
+def test_across_targets_keeps_configurations_measured_on_several_targets(tmp_path, monkeypatch):
+    from optlib.results.compare import across_targets
+    from optlib.results.records import write_record
+
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
+    for target, device, ort, only in (("cpu", "cpu", 3.0, "cpu-only"), ("cuda", "cuda", 0.8, None), ("smoke", "cpu", 2.0, None),
+                                      ("no-params-file", "cpu", 2.0, None)):
+        for r in (record("pytorch-fp32", "01_baseline"), record("onnxruntime-fp32", "02_onnx_and_compilers", ort),
+                  *([record(only, "02_onnx_and_compilers", 5.0)] if only else [])):
+            r.target, r.device = target, {"kind": device, "threads": 2}
+            write_record(r)
+    table = across_targets()
+    # CI's smoke target and a folder without a params file are left out; cpu-only was measured on one target
+    assert sorted(set(table["target"])) == ["cpu", "cuda"] and "cpu-only" not in set(table["configuration"])
+    ort = table[table["configuration"] == "onnxruntime-fp32"].set_index("target")
+    assert ort.loc["cpu", "speedup"] == 3.0 and ort.loc["cuda", "speedup"] == 0.8
+    assert ort.loc["cuda", "speedup_ci95_low"] == pytest.approx(0.72) and ort.loc["cuda", "device"] == "cuda"
+    assert (table[table["configuration"] == "pytorch-fp32"]["speedup"] == 1.0).all()

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from optlib.core import paths
+from optlib.results import browser
 from tests.helpers import tiny_resnet, write_image_folder
 from tests.test_checkpoints import lightning_ckpt
 
@@ -103,7 +104,14 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     ref = final["final-pytorch-fp32"]
     assert ref.notebook == "99_comparison" and ref.noise_floor is not None
     assert ref.extra["final_round"]["harness_overhead"]["calls"] == smoke["samples"] * smoke["trials"]
-    assert 3 <= len(final) <= 5 and "final-onnxruntime-fp32" in final  # comparison.max_finalists: 5
+    design_only = ["a cell of the runtime x precision x sparsity design"]
+    assert 3 <= sum(r.extra["final_round"]["why"] != design_only for r in final.values()) <= 5  # max_finalists: 5
+    assert "final-onnxruntime-fp32" in final
+    # the factorial design's cells (06 measured structured-l2-50 on eager, ORT FP32 and INT8) all came
+    # along, and the GEMM peaks were timed in the round
+    cells = ref.extra["final_round"]["factorial"]["cells"]
+    assert len(cells) == 6 and all(f"final-{c[3]}" in final for c in cells)
+    assert all(v > 0 for by in ref.extra["final_round"]["roofline"]["gemm_peaks_ops"].values() for v in by.values())
     for r in final.values():
         own = by_name[r.extra["final_round"]["of"]]
         assert r.speedup("final-pytorch-fp32") is not None and r.artifact == own.artifact and r.memory == own.memory
@@ -122,8 +130,17 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     result = json.loads(check.stdout)
     assert result["images"] == 8 and result["different_class"] == [] and result["max_abs_logit_diff"] < 1e-3
     html = (tmp_path / "smoke" / "report.html").read_text()
-    assert "Final round" in html and html.index("Final round") < html.index("Comparison (each configuration")
+    assert "Final round" in html and html.index('id="final"') < html.index('id="chapters"') < html.index('id="machine"')
     assert "pytorch-fp32" in html and "data:image/png;base64" in html
+    assert "Distance to the hardware limit" in html and "Attribution: runtime x precision x sparsity" in html
+    assert {"roofline.csv", "attribution.tex"} <= {p.name for p in (tmp_path / "smoke" / "tables").iterdir()}
+    # opened as a reader would, in a real browser: no console error, every figure decodes; the first
+    # screen is kept as CI's artifact (tests/test_browser.py says when this is skipped)
+    if browser.find_chromium() is not None or os.environ.get("OPTLIB_REQUIRE_BROWSER"):
+        seen = browser.check_page(tmp_path / "smoke" / "report.html",
+                                  screenshot=paths.REPO_DIR / "outputs" / "ci" / "report_first_screen.png")
+        assert seen.ok, (seen.console_errors, seen.broken_images)
+        assert seen.images >= 7 and seen.title == "optlib report smoke"
     assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()
     s = run_cli(["summary", "--target", "smoke", "--format", "csv"], tmp_path).stdout
     assert s.splitlines()[0].startswith("name,") and "pytorch-fp32" in s

@@ -106,7 +106,7 @@ def test_pruned_model_agrees_with_its_onnx_export(pruned_resnet, tmp_path):
     ort = OrtRunner(e.path, spec, config=OrtConfig(intra_op_threads=1))
     with torch.no_grad():
         ref = pm(x).numpy()
-    out = ort.session.run(None, {ort._in: x.numpy()})[0]
+    out = ort.session.run(None, {ort.session.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(out - ref).max() < ox.FP32_TOLERANCE
 
 

@@ -37,6 +37,16 @@ def test_channels_last_variant_agrees(images):
     a = TorchRunner(model, SPEC, threads=1)
     b = TorchRunner(model, SPEC, name="pytorch-fp32-cl", threads=1, channels_last=True)
     np.testing.assert_allclose(a.predict(images), b.predict(images), atol=1e-4)
+    # the channels_last runner works on its own copy: the contiguous runner's convs still compute
+    # (and return) contiguous tensors (Module.to in place turned them channels_last before)
+    x = a.preprocess(images[:2])
+    conv = next(m for m in a.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv_cl = next(m for m in b.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv_cl.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert conv(x).is_contiguous() and conv_cl(x).is_contiguous(memory_format=torch.channels_last)
+    assert a.model is model and b.model is not model
 
 
 def test_latency_and_throughput_shapes(images):
@@ -78,3 +88,21 @@ def test_alternating_block_order():
 def test_same_inputs_cycle():
     imgs = [np.full((2, 2), i, dtype=np.uint8) for i in range(5)]
     assert [int(b[0][0, 0]) for b in (timing._batch_at(imgs, i, 2) for i in range(4))] == [0, 2, 4, 1]
+
+
+def test_placed_copies_model_and_parts_together_and_leaves_the_callers_alone():
+    from optlib.backends.pytorch import placed
+    from optlib.workload.models import split_model
+
+    model = tiny_resnet(3)
+    parts = split_model(model)
+    assert placed(model, "cpu", parts=parts) == (model, parts)  # nothing to change: no copy
+    m2, p2 = placed(model, "cpu", channels_last=True, parts=parts)
+    assert m2 is not model
+    copied = {id(p) for p in m2.parameters()}
+    assert all(id(p) in copied for part in p2 for p in part.parameters())  # the parts are the copy's own
+    assert all(p.is_contiguous() for p in model.parameters())  # the caller's model keeps its layout
+    x = preprocess([np.zeros((8, 8), np.uint8)] * 2, SPEC)
+    with torch.no_grad():
+        np.testing.assert_allclose(p2[1](p2[0](x.to(memory_format=torch.channels_last))).numpy(), model(x).numpy(),
+                                   atol=1e-5)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.choices import GRAPH_OPTIMIZATION_LEVELS, check_choice
 from ..results.values import Artifact
-from ..workload.data import PreprocessSpec
+from ..workload.data import PreprocessSpec, preprocess_array
 from .base import Runner
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -122,7 +122,9 @@ class OrtRunner(Runner):
         part_config = OrtConfig(**{**self.config.__dict__, "optimized_model_path": None})
         self.features_session = make_session(features_path, part_config)[0] if self.stage_split else self.session
         self.head_session = make_session(head_path, part_config)[0] if self.stage_split else None
-        self._in = self.session.get_inputs()[0].name
+        # read once: get_inputs() builds its NodeArg list anew on every call (microseconds a call)
+        self._input_names = {id(sess): sess.get_inputs()[0].name for sess in
+                             (self.session, self.features_session, self.head_session) if sess is not None}
         self._in_dtype = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32
         files = {"model": str(model_path)}
         if self.stage_split:
@@ -143,7 +145,7 @@ class OrtRunner(Runner):
 
     def _run(self, sess, x):
         if self.device != "cuda":
-            return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+            return sess.run(None, {self._input_names[id(sess)]: x})[0]
         # IO binding: input and output stay on the GPU; the host copies are preprocessing's (in)
         # and classification's (out), so the feature stage times the graph alone.
         import onnxruntime as ort
@@ -160,7 +162,7 @@ class OrtRunner(Runner):
         return np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float32)
 
     def preprocess(self, images):
-        x = super().preprocess(images).numpy().astype(self._in_dtype, copy=False)
+        x = preprocess_array(images, self.spec).astype(self._in_dtype, copy=False)  # no torch on this path
         if self.device == "cuda":
             import onnxruntime as ort
 

@@ -1,6 +1,8 @@
 """PyTorch eager runner (the baseline), optionally in channels_last memory format."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -9,6 +11,25 @@ from ..workload.data import PreprocessSpec
 from ..workload.models import split_model
 from ..workload.seqmodel import rows
 from .base import Runner
+
+
+def placed(model: nn.Module, device: str, channels_last: bool = False,
+           parts: tuple[nn.Module, nn.Module] | None = None):
+    """(model, parts) on `device` (and in channels_last), as copies whenever that changes
+    anything. `Module.to` works in place: converting the caller's module would move a chapter's
+    shared model to the GPU under its CPU exports, or turn the contiguous reference's weights
+    channels_last (a conv with channels_last weights returns channels_last outputs even for a
+    contiguous input, so the reference would silently run the other layout). One deepcopy of both
+    keeps the parts the copied model's own submodules."""
+    tensors = [*model.parameters(), *model.buffers()]
+    moves = any(t.device.type != torch.device(device).type for t in tensors)
+    relayouts = channels_last and any(t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last)
+                                      for t in tensors)
+    if not (moves or relayouts):
+        return model, parts
+    how = {"device": device, **({"memory_format": torch.channels_last} if channels_last else {})}
+    model, parts = copy.deepcopy((model, parts))
+    return model.to(**how), tuple(p.to(**how) for p in parts) if parts else parts
 
 
 class TorchRunner(Runner):
@@ -29,9 +50,7 @@ class TorchRunner(Runner):
         self.technique, self.precision = technique, precision
         self.channels_last, self.input_dtype = channels_last, input_dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.eval()
-        if device != "cpu" or channels_last:
-            model = model.to(device=device, memory_format=self.memory_format)
+        model, parts = placed(model.eval(), device, channels_last, parts)
         self.model = model
         self.extra_settings = extra_settings or {}
         parts = parts if parts is not None else split_model(self.model)

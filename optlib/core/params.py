@@ -231,6 +231,9 @@ class ComparisonParams:
     final_round: bool = True
     finalists: list[str] = field(default_factory=list)  # record names to add to the chosen finalists
     max_finalists: int = 10  # references, the budget pick and named ones always; chapter bests up to this
+    factorial: bool = True  # add the cells of the runtime x precision x sparsity design (final_round.factorial_design)
+    roofline: bool = True  # time a GEMM per number type in the round: each finalist's share of the peak (CPU)
+    gemm_size: int = 1024  # n of the n x n x n products timed for the peaks
 
 
 @dataclass
@@ -446,6 +449,10 @@ def _validate(p: Params, source: str) -> Params:
         fail("tensorrt.profile_batches", f"must be [min, opt, max] with 1 <= min <= opt <= max, got {t.profile_batches}")
     if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
         fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
+    if p.comparison.max_finalists < 2:
+        fail("comparison.max_finalists", f"must be at least 2 (the references), got {p.comparison.max_finalists}")
+    if not 16 <= p.comparison.gemm_size <= 8192:
+        fail("comparison.gemm_size", f"must be between 16 and 8192 (n of an n x n x n product), got {p.comparison.gemm_size}")
     return p
 
 

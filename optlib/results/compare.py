@@ -180,3 +180,41 @@ def training_memory_table(records: list[Record]) -> pd.DataFrame:
                          "grads_equal": t["gradients"].get("equal"),
                          "largest_batch": search["fits"] if search else None})
     return pd.DataFrame(rows)
+
+
+def across_targets(targets: list[str] | None = None, reference: str = "pytorch-fp32") -> pd.DataFrame:
+    """Configurations measured on several targets, side by side: one row per (target,
+    configuration) whose name was measured on at least two targets, with the target's device (its
+    reference's), the configuration's own (an ONNX Runtime CPU session on a GPU target says so), the
+    model, batch-1 latency and its same-run speed-up against that target's own `reference` (each
+    from its chapter's run on its own machine: ratios compare across targets, latencies only say
+    what each machine took). `targets`: default every target with a params file in params/ (the
+    machines' targets and users' own, except CI's `smoke`) and a measured `reference` record."""
+    from ..core import paths
+    from .records import load_records
+
+    if targets is None:
+        root = paths.output_root()
+        targets = sorted(d.name for d in root.iterdir() if d.name != "smoke" and paths.params_file_for(d.name).is_file()
+                         and (d / "results" / f"{reference}.json").is_file()) if root.is_dir() else []
+    rows = []
+    for t in targets:
+        records = [r for r in load_records(t) if r.ok and r.latency is not None and not r.name.startswith("final-")]
+        ref = next((r for r in records if r.name == reference), None)
+        if ref is None:
+            continue
+        for r in records:
+            s = r.speedup(reference) if r.name != reference else None
+            dev = r.device or {}
+            rows.append({"target": t, "target_device": (ref.device or {}).get("name") or (ref.device or {}).get("kind"),
+                         "configuration": r.name, "device": dev.get("name") or dev.get("kind"),
+                         "threads": dev.get("threads"), "model": (ref.extra.get("model") or {}).get("arch"),
+                         "batch_size": r.batch_size, "latency_ms": r.latency.median,
+                         "speedup": 1.0 if r.name == reference else (s.value if s else None),
+                         "speedup_ci95_low": s.ci95[0] if s else None, "speedup_ci95_high": s.ci95[1] if s else None})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    shared = df.groupby("configuration")["target"].nunique()
+    df = df[df["configuration"].isin(shared[shared >= 2].index) & df["speedup"].notna()]
+    return df.sort_values(["configuration", "target"]).reset_index(drop=True)

@@ -347,3 +347,79 @@ def training_memory(records: list[Record], budget_gib: float | None = None):
     left.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def roofline(table: pd.DataFrame):
+    """Achieved operations per second of each finalist's forward pass against its multiply-adds,
+    with the GEMM peaks of this run as horizontal lines (one per number type and thread count):
+    how far each configuration is from what the matrix units can do."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    colors = {"fp32": "#1f77b4", "bf16": "#2ca02c", "int8": "#d62728"}
+    for kind, group in table.groupby("peak_of"):
+        ax.scatter(group["mmacs"].astype(float), group["achieved_gops"].astype(float), color=colors.get(kind),
+                   label=f"{kind} configurations", zorder=3)
+        for name, row in group.iterrows():
+            ax.annotate(str(name), (float(row["mmacs"]), float(row["achieved_gops"])), fontsize=7,
+                        xytext=(4, 2), textcoords="offset points")
+    peaks = table.dropna(subset=["peak_gops"]).drop_duplicates(["peak_of", "threads"])
+    for _, row in peaks.iterrows():
+        ax.axhline(float(row["peak_gops"]), color=colors.get(row["peak_of"]), ls=":" if row["threads"] == 1 else "--", lw=1,
+                   label=f"{row['peak_of']} GEMM peak, {row['threads']} thread(s)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("multiply-adds per image (millions)")
+    ax.set_ylabel("achieved GOP/s (2 per multiply-add, forward pass)")
+    ax.set_title("distance to the GEMM peak of this machine (same run)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def factorial(effects: pd.DataFrame):
+    """Each effect of the runtime x precision x sparsity squares as a factor with its interval
+    (log scale, 1 = no effect; for an interaction, 1 = the two choices compound multiplicatively)."""
+    plt = _plt()
+    labels = [f"{e}\n({s})" for e, s in zip(effects["effect"], effects["square"])]
+    values = effects["factor"].astype(float).to_numpy()
+    cis = list(zip(effects["ci95_low"].astype(float), effects["ci95_high"].astype(float)))
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.6 * len(effects))))
+    ax.barh(labels, values, xerr=_errors(values, cis), capsize=3, color="#66c2a5")
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up factor (main effects) / compounding ratio (interactions), 95% CI")
+    ax.set_title("what each choice contributes (same-run trials)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def across_targets(table: pd.DataFrame, most: int = 20):
+    """Speed-up against each target's own eager FP32 (same-run, with its interval), one bar per
+    target for the configurations measured on several targets (the `most` measured on the most
+    targets, then the fastest; the table has them all)."""
+    plt = _plt()
+    by = table.groupby("configuration").agg(n=("target", "nunique"), best=("speedup", "max"))
+    names = sorted(by.sort_values(["n", "best"], ascending=False).index[:most])
+    table = table[table["configuration"].isin(names)]
+    targets = sorted(table["target"].unique())
+    height = 0.8 / len(targets)
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.45 * len(names) * max(1, len(targets) / 2))))
+    for k, t in enumerate(targets):
+        sub = table[table["target"] == t].set_index("configuration")
+        ys = [i + k * height for i, n in enumerate(names) if n in sub.index]
+        present = [n for n in names if n in sub.index]
+        values = sub.loc[present, "speedup"].astype(float).to_numpy()
+        cis = [(lo if pd.notna(lo) else v, hi if pd.notna(hi) else v) for v, lo, hi in
+               zip(values, sub.loc[present, "speedup_ci95_low"], sub.loc[present, "speedup_ci95_high"])]
+        device = sub["target_device"].iloc[0]
+        ax.barh(ys, values, height=height, xerr=_errors(values, cis), capsize=2, label=f"{t} ({device})")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names, fontsize=7)
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up against the target's own eager FP32 (same run, 95% CI)")
+    ax.set_title("across targets")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

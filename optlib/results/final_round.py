@@ -23,8 +23,8 @@ import pandas as pd
 from ..backends.artifacts import load_runner, resolved
 from ..backends.base import Runner
 from ..core import paths
-from ..measurement import timing
-from ..measurement.stats import holm, mcnemar_exact_p, summarize
+from ..measurement import roofline, timing
+from ..measurement.stats import bootstrap_ci, holm, mcnemar_exact_p, summarize
 from .compare import fmt_ci
 from .records import Record, load_records
 
@@ -50,14 +50,15 @@ def _speed(r: Record) -> float | None:
 
 
 def choose_finalists(records: list[Record], device: str, max_accuracy_drop: float, named: list[str] | None = None,
-                     limit: int = 10) -> tuple[list[Finalist], dict[str, str]]:
+                     limit: int = 10, factorial: bool = True) -> tuple[list[Finalist], dict[str, str]]:
     """The configurations the final round re-times, and those left out with the reason.
 
     Candidates are measured records of this device with an artifact. Chosen, in this order: the
     references (pytorch-fp32, onnxruntime-fp32); the accuracy-budget pick (the largest own-run
     speed-up against pytorch-fp32 whose accuracy change stays above -max_accuracy_drop on its
     whole interval); `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its
-    own run, fastest first, until `limit`. ValueError naming comparison.finalists for a name that is
+    own run, fastest first, until `limit`; with `factorial`, the cells of `factorial_design` (beyond
+    `limit`: the design needs them all). ValueError naming comparison.finalists for a name that is
     not a candidate."""
     left_out: dict[str, str] = {}
     candidates: dict[str, Record] = {}
@@ -100,10 +101,125 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
             choose(r.name, f"fastest of {r.notebook} in its own run")
         else:
             left_out[r.name] = f"fastest of {r.notebook}, beyond comparison.max_finalists={limit}"
+    if factorial:
+        for name in factorial_design(candidates)[1].values():
+            choose(name, "a cell of the runtime x precision x sparsity design")
+            left_out.pop(name, None)
     for name in candidates:
         if name not in chosen and name not in left_out:
             left_out[name] = NOT_CHOSEN
     return list(chosen.values()), left_out
+
+
+# --- attribution: runtime x precision x sparsity ----------------------------------------------
+
+FACTORS = {"runtime": ("pytorch", "onnxruntime"), "precision": ("fp32", "int8"), "sparsity": ("dense", "pruned")}
+
+
+def factorial_design(candidates: dict[str, Record]) -> tuple[str | None, dict[tuple[str, str, str], str]]:
+    """(pruned label, {(runtime, precision, sparsity): record name}) of the configurations that
+    exist: the dense references (pytorch-fp32, onnxruntime-fp32), the unpruned ONNX Runtime INT8
+    that chapter 06 measured its pruned INT8 graphs against (same calibration recipe and threads),
+    and one structured-pruning label's eager FP32, ONNX Runtime FP32 and INT8 configurations: the
+    label whose ONNX Runtime INT8 is fastest among those with all three. Eager INT8 of a pruned
+    model is not built, so the design is two 2x2 squares sharing the ONNX Runtime FP32 cells."""
+    labels = {}
+    for name, r in candidates.items():
+        if r.technique == "pruning" and (r.extra.get("pruning") or {}).get("kind") == "structured" \
+                and name.endswith("-onnxruntime-int8"):
+            label = name.removesuffix("-onnxruntime-int8")
+            if all(f"{label}-{s}" in candidates for s in ("pytorch-fp32", "onnxruntime-fp32")):
+                dense_int8 = [s.reference for s in r.speedups if s.reference in candidates and
+                              candidates[s.reference].precision == "int8" and s.reference != name and
+                              (candidates[s.reference].device or {}).get("threads") == (r.device or {}).get("threads")
+                              and candidates[s.reference].technique != "pruning"]
+                if dense_int8 and {REFERENCE, ALSO_AGAINST} <= set(candidates):
+                    labels[label] = dense_int8[0]
+    if not labels:
+        return None, {}
+    label = min(labels, key=lambda x: candidates[f"{x}-onnxruntime-int8"].latency.median)
+    return label, {("pytorch", "fp32", "dense"): REFERENCE, ("onnxruntime", "fp32", "dense"): ALSO_AGAINST,
+                   ("onnxruntime", "int8", "dense"): labels[label], ("pytorch", "fp32", "pruned"): f"{label}-pytorch-fp32",
+                   ("onnxruntime", "fp32", "pruned"): f"{label}-onnxruntime-fp32",
+                   ("onnxruntime", "int8", "pruned"): f"{label}-onnxruntime-int8"}
+
+
+def factorial_effects(records: dict[str, Record]) -> pd.DataFrame:
+    """Main effects and interaction of each complete 2x2 square of the round's design cells
+    (`factorial_design`, kept in the reference's record) on log latency, from
+    the round's per-trial medians (trial i of every finalist ran in the same alternating round, so
+    contrasts are paired per trial), with bootstrap 95% intervals over trials. Shown as factors:
+    a main effect is the speed-up of the second level over the first, geometric mean over the
+    other factor's levels; the interaction is (speed-up of both together) / (product of the
+    speed-ups of each alone): 1 means the two choices compound multiplicatively, below 1 that
+    together they give less."""
+    ref = records.get(PREFIX + REFERENCE)
+    design = ref.extra.get("final_round", {}).get("factorial") if ref is not None and ref.ok else None
+    if not design:
+        return pd.DataFrame()
+    cells = {tuple(c[:3]): c[3] for c in design["cells"]}
+    trials = {}
+    for cell, name in cells.items():
+        r = records.get(PREFIX + name)
+        if r is not None and r.ok and r.latency is not None and r.latency.trial_medians:
+            trials[cell] = np.log(np.asarray(r.latency.trial_medians, dtype=float))
+    rows = []
+    names = list(FACTORS)
+    for i, j in ((0, 2), (1, 2), (0, 1)):  # runtime x sparsity, precision x sparsity, runtime x precision
+        fixed = [k for k in range(3) if k not in (i, j)][0]
+        for level in FACTORS[names[fixed]]:
+            def cell(a, b):
+                c = [None] * 3
+                c[i], c[j], c[fixed] = FACTORS[names[i]][a], FACTORS[names[j]][b], level
+                return tuple(c)
+            square = [cell(a, b) for a in (0, 1) for b in (0, 1)]
+            if not all(c in trials for c in square):
+                continue
+            n = min(len(trials[c]) for c in square)
+            y00, y01, y10, y11 = (trials[c][:n] for c in square)
+            contrasts = {f"{names[i]}: {FACTORS[names[i]][0]} -> {FACTORS[names[i]][1]}": ((y10 - y00) + (y11 - y01)) / 2,
+                         f"{names[j]}: {FACTORS[names[j]][0]} -> {FACTORS[names[j]][1]}": ((y01 - y00) + (y11 - y10)) / 2,
+                         f"{names[i]} x {names[j]} (compounding)": (y11 - y01) - (y10 - y00)}
+            for effect, per_trial in contrasts.items():
+                lo, hi = bootstrap_ci(per_trial, statistic=np.mean)
+                rows.append({"square": f"{names[i]} x {names[j]} at {names[fixed]} = {level}", "effect": effect,
+                             "factor": float(np.exp(-per_trial.mean())),
+                             "ci95_low": float(np.exp(-hi)), "ci95_high": float(np.exp(-lo)), "trials": n,
+                             "cells": ", ".join(cells[c] for c in square)})
+    return pd.DataFrame(rows)
+
+
+# --- distance to the hardware limit ----------------------------------------------------------
+
+def roofline_table(records: dict[str, Record]) -> pd.DataFrame:
+    """Per finalist: multiply-adds of one image (its pruned count, or the dense model's), forward
+    latency (feature and head stages; the whole call where the model does not split), achieved
+    operations per second, and the share of the GEMM peak of its number type at its thread count
+    measured in this run (`roofline.gemm_peaks`, kept in the reference's record)."""
+    ref = records.get(PREFIX + REFERENCE)
+    info = ref.extra.get("final_round", {}).get("roofline") if ref is not None and ref.ok else None
+    if not info:
+        return pd.DataFrame()
+    dense_macs = info["dense_macs"]
+    peaks = {k: {int(t): v for t, v in by.items()} for k, by in info["gemm_peaks_ops"].items()}
+    rows = {}
+    for name, r in records.items():
+        if not r.ok or r.latency is None:
+            continue
+        fr = r.extra.get("final_round", {})
+        stages = r.latency_ms or {}
+        forward = (stages["feature_extraction"].median + stages["classification"].median
+                   if "feature_extraction" in stages and "classification" in stages else r.latency.median)
+        macs = fr.get("macs") or dense_macs
+        threads = (r.device or {}).get("threads")
+        kind = roofline.number_type(r.precision)
+        peak = peaks.get(kind, {}).get(threads)
+        ops = roofline.achieved(macs, forward)
+        rows[fr.get("of", name)] = {"precision": r.precision, "threads": threads, "mmacs": macs / 1e6,
+                                    "forward_ms": forward, "achieved_gops": ops / 1e9, "peak_of": kind,
+                                    "peak_gops": peak / 1e9 if peak else None,
+                                    "share_of_peak": ops / peak if peak else None}
+    return pd.DataFrame(rows).T.rename_axis("configuration").sort_values("forward_ms") if rows else pd.DataFrame()
 
 
 def rebuild(ch, finalists: list[Finalist], round_info: dict | None = None) -> list[Runner]:
@@ -126,6 +242,7 @@ def rebuild(ch, finalists: list[Finalist], round_info: dict | None = None) -> li
         own = rec.speedup(REFERENCE)
         r.describe(size_bytes=rec.size_bytes, kernels=rec.kernels, one_time_cost_seconds=rec.one_time_cost_seconds,
                    final_round={"of": rec.name, "notebook": rec.notebook, "why": f.why,
+                                "macs": (rec.extra.get("pruning") or {}).get("macs_after"),
                                 "own_run": {"latency_ms": rec.latency.median, "latency_ci95_ms": list(rec.latency.ci95),
                                             "speedup": own.value if own else None,
                                             "speedup_ci95": list(own.ci95) if own else None,
@@ -144,13 +261,25 @@ def run(ch, records: list[Record], progress: bool = True) -> dict[str, Record]:
     ref = PREFIX + REFERENCE
     for old in paths.results_dir(P.target).glob(PREFIX + "*.json"):  # a round's records are of one run only
         old.unlink()
-    chosen, left_out = choose_finalists(records, P.device, P.quant.max_accuracy_drop, C.finalists, C.max_finalists)
+    chosen, left_out = choose_finalists(records, P.device, P.quant.max_accuracy_drop, C.finalists, C.max_finalists,
+                                        C.factorial)
     if not any(f.record.name == REFERENCE for f in chosen):
         why = f"{REFERENCE} has no measured record with an artifact on {P.device}: run 01_baseline first"
         return {ref: ch.skip(ref, "baseline", "pytorch", "fp32", why)}
-    overhead = harness_overhead(ch.dataset.test.images, P.bench, min(P.bench.batch_sizes))
-    runners = rebuild(ch, chosen, {"harness_overhead": overhead, "left_out": left_out,
-                                   "max_accuracy_drop": P.quant.max_accuracy_drop})
+    info = {"harness_overhead": harness_overhead(ch.dataset.test.images, P.bench, min(P.bench.batch_sizes)),
+            "left_out": left_out, "max_accuracy_drop": P.quant.max_accuracy_drop}
+    label, cells = factorial_design({f.record.name: f.record for f in chosen}) if C.factorial else (None, {})
+    if cells:
+        info["factorial"] = {"pruned": label, "cells": [[*cell, name] for cell, name in cells.items()]}
+    if C.roofline and P.device == "cpu":
+        from ..techniques.pruning import macs_and_params
+
+        threads = sorted({(f.record.device or {}).get("threads") or P.bench.threads for f in chosen})
+        info["roofline"] = {"dense_macs": macs_and_params(ch.model, ch.sample(1))[0],
+                            "gemm_size": C.gemm_size, "gemm_peaks_ops": {
+                                k: {str(t): v for t, v in by.items()}
+                                for k, by in roofline.gemm_peaks(threads, C.gemm_size).items()}}
+    runners = rebuild(ch, chosen, info)
     names = [r.name for r in runners]
     if ref not in names:
         return {ref: next(r for r in load_records(P.target) if r.name == ref)}  # its failed record, with the error
@@ -290,6 +419,20 @@ def findings(records: dict[str, Record]) -> str:
         if r.fidelity is not None:
             line += f"; accuracy {r.fidelity.describe_change()}"
         lines.append(line + ".")
+    roof = roofline_table(records)
+    if not roof.empty and roof["share_of_peak"].notna().any():
+        share = roof["share_of_peak"].dropna().astype(float)
+        peaks = ref.extra["final_round"]["roofline"]["gemm_peaks_ops"]
+        lines.append("GEMM peaks timed in this round (GOP/s, by threads): " + "; ".join(
+            f"{k.upper()} " + ", ".join(f"{v / 1e9:.0f} at {t}" for t, v in by.items()) for k, by in peaks.items())
+            + f". The finalists' forward passes reach {share.min():.1%} to {share.max():.1%} of the peak of their "
+              f"number type (highest: {share.idxmax()}); batch-1 convolutions of small images are far from GEMM-bound.")
+    effects = factorial_effects(records)
+    if not effects.empty:
+        lines.append("Attribution (same-run trials, 95% intervals): " + "; ".join(
+            f"{e.effect} with {e.square.split(' at ')[1]}: {e.factor:.2f}x [{e.ci95_low:.2f}, {e.ci95_high:.2f}]"
+            for e in effects.itertuples()) + ". A compounding ratio below 1 means the choices together give less "
+            "than the product of each alone.")
     plain = [n for n, why in left_out.items() if why == NOT_CHOSEN]
     named = sorted((n, why) for n, why in left_out.items() if why != NOT_CHOSEN)
     if named:

@@ -21,7 +21,7 @@ import pandas as pd
 from ..core import paths
 from ..core.io import json_safe, write_text_atomic
 from . import final_round
-from .compare import fmt_ci, operating_point_columns, training_memory_table
+from .compare import across_targets, fmt_ci, operating_point_columns, training_memory_table
 from .records import Record, load_records
 from .values import to_plain
 
@@ -88,9 +88,25 @@ def _fig_to_base64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+CHAPTER_COLUMNS = ("name", "precision", "kernels", "threads", "latency_ms", "latency_ci95_ms", "speedup", "speedup_ci95",
+                   "images_per_s", "size_mb", "accuracy", "accuracy_change", "accuracy_change_ci95", "flips")
+HTML_TABLE = dict(float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp")
+
+
+def _machine(env: dict) -> list[tuple[str, str]]:
+    """The environment as rows of a table: what the numbers were measured on and with."""
+    rows = [(k, str(env[k])) for k in ("cpu", "cpu_count", "gpu", "platform", "git_commit", "timestamp") if env.get(k)]
+    return rows + [(name, str(version)) for name, version in (env.get("versions") or {}).items()]
+
+
 def render_html(target: str, reference: str = REFERENCE) -> Path:
-    """Write outputs/<target>/report.html (self-contained) and the tables; return the HTML path."""
-    from .figures import latency_accuracy
+    """Write outputs/<target>/report.html (self-contained, rendered from templates/report.html.j2)
+    and the tables; return the HTML path. Order: the answer and the final round, each chapter's
+    own records (a few columns; every column is in tables/comparison.csv), training memory, the
+    machine, what was skipped and why."""
+    import jinja2
+
+    from .figures import latency_accuracy, training_memory
 
     records = load_records(target)
     if not records:
@@ -101,46 +117,39 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
     df = comparison_table(records, reference)
     tables = write_tables(df, target)
     fig = latency_accuracy(records)
-    img = _fig_to_base64(fig)
     fig.savefig(paths.figures_dir(target) / "latency_vs_accuracy.png", dpi=110)
     ok = [r for r in records if r.ok]
-    env = ok[0].environment if ok else {}
-    not_ok = [r for r in records if not r.ok]
-    body = [
-        f"<h1>Optimization report: target <code>{html.escape(target)}</code></h1>",
-        "<p>Every number below was measured by the notebooks of this run on the machine named here. "
-        "latency_ms: the full model's time per call, median of per-trial medians, with a bootstrap 95% interval; "
-        f"speedup: against <code>{reference}</code> timed in the same run as the configuration (median of per-trial "
-        "ratios, interval over trials); accuracy_change: paired bootstrap interval against the reference.</p>",
-        *_final_section(final, target, tables),
-        "<h2>Machine</h2><pre>" + html.escape(json.dumps(
-            {k: env.get(k) for k in ("cpu", "cpu_count", "gpu", "platform", "git_commit", "timestamp",
-                                     "versions")}, indent=2)) + "</pre>",
-        "<h2>Comparison (each configuration as measured in its own chapter's run)</h2>",
-        df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp"),
-        f'<h2>Latency vs accuracy</h2><img src="data:image/png;base64,{img}"/>',
-    ]
+    measured = df[df["status"] == "ok"] if "status" in df else df
+    chapters = [(nb, group[[c for c in CHAPTER_COLUMNS if c in group and group[c].notna().any()]]
+                 .to_html(index=False, **HTML_TABLE)) for nb, group in measured.groupby("notebook", sort=True)]
     training = training_memory_table(records)
+    training_ctx = None
     if not training.empty:
-        from .figures import training_memory
-
         tables["training_csv"] = write_text_atomic(training.to_csv(index=False),
                                                    paths.target_dir(target) / "tables" / "training_memory.csv")
-        fig = training_memory([r for r in ok if r.technique == "training-memory"])
-        body += ["<h2>Training memory</h2><p>Peak memory of a training step above the resting process (measured in a "
-                 "child process per configuration and batch size), the estimate, step time with its interval (same-run "
-                 "interleaved trials) and the largest batch under the budget.</p>",
-                 training.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp"),
-                 f'<img src="data:image/png;base64,{_fig_to_base64(fig)}"/>']
-    if not_ok:
-        body.append("<h2>Skipped or failed</h2><ul>" + "".join(
-            f"<li><b>{html.escape(r.name)}</b> ({r.status}): {html.escape(str(r.reason))}</li>" for r in not_ok) + "</ul>")
-    body.append("<h2>Tables</h2><ul>" + "".join(
-        f"<li>{html.escape(str(p.relative_to(paths.target_dir(target))))}</li>" for p in tables.values()) + "</ul>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;} table.cmp{border-collapse:collapse;"
-             "font-size:12px} table.cmp td,table.cmp th{padding:3px 6px;border-bottom:1px solid #ddd;}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>optlib report {html.escape(target)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+        training_ctx = {"table": training.to_html(index=False, **HTML_TABLE),
+                        "image": _fig_to_base64(training_memory([r for r in ok if r.technique == "training-memory"]))}
+    across = across_targets()
+    across_ctx = None
+    if not across.empty and across["target"].nunique() >= 2:
+        from .figures import across_targets as across_figure
+
+        out_dir = paths.target_dir(target) / "tables"
+        tables["across_csv"] = write_text_atomic(across.to_csv(index=False), out_dir / "across_targets.csv")
+        tables["across_tex"] = write_text_atomic(across.to_latex(index=False, float_format="%.3f", na_rep="--"),
+                                                 out_dir / "across_targets.tex")
+        fig = across_figure(across)
+        fig.savefig(paths.figures_dir(target) / "across_targets.png", dpi=110)
+        fig.savefig(paths.figures_dir(target) / "across_targets.svg")
+        across_ctx = {"table": across.to_html(index=False, **HTML_TABLE), "image": _fig_to_base64(fig),
+                      "targets": ", ".join(sorted(across["target"].unique()))}
+    env = jinja2.Environment(loader=jinja2.PackageLoader("optlib.results", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    page = env.get_template("report.html.j2").render(
+        target=target, reference=reference, final=_final_context(final, target, tables), chapters=chapters,
+        latency_accuracy=_fig_to_base64(fig), training=training_ctx, across=across_ctx, machine=_machine(ok[0].environment if ok else {}),
+        not_ok=[r for r in records if not r.ok],
+        tables=[str(p.relative_to(paths.target_dir(target))) for p in tables.values()])
     return write_text_atomic(page, paths.target_dir(target) / "report.html")
 
 
@@ -170,39 +179,61 @@ def _recommendation(final: dict[str, Record]) -> str:
     return _markdown(text)
 
 
-def _final_section(final: dict[str, Record], target: str, tables: dict) -> list[str]:
-    """The headline: the final round's findings, table (also written as CSV, LaTeX and Markdown)
-    and Pareto figure; nothing when the round has not run."""
+def _final_context(final: dict[str, Record], target: str, tables: dict) -> dict | None:
+    """The headline for the template: the recommendation, the round's findings, and its sections
+    (headline table and Pareto figure, stages, throughput, distance to the GEMM peak, attribution,
+    break-even), each table also written as CSV, LaTeX and Markdown and each figure as PNG and SVG;
+    None when the round has not run."""
+    from .figures import factorial, roofline, runtimes, throughput_by_batch
     from .figures import final_round as final_figure
-    from .figures import runtimes
 
     ref = final.get(final_round.PREFIX + final_round.REFERENCE)
     if ref is None:
-        return []
+        return None
     if not ref.ok:
-        return [f"<h2>Final round</h2><p>Did not run: {html.escape(str(ref.reason))}</p>"]
-    head = final_round.headline_table(final)
+        return {"error": str(ref.reason)}
     out_dir = paths.target_dir(target) / "tables"
-    tables["final_csv"] = write_text_atomic(head.to_csv(), out_dir / "final_round.csv")
-    tables["final_tex"] = write_text_atomic(head.to_latex(float_format="%.3f", na_rep="--"), out_dir / "final_round.tex")
-    tables["final_md"] = write_text_atomic(head.to_markdown(floatfmt=".3f"), out_dir / "final_round.md")
-    timed = [r for r in final.values() if r.ok and r.latency is not None]
-    figs = {"final_round": final_figure(timed, ref.extra["final_round"].get("max_accuracy_drop", 0.005)),
-            "final_round_stages": runtimes(timed, ref.name)}
-    for name, fig in figs.items():  # PNG for the page, SVG for a thesis
+
+    def thesis_table(df: pd.DataFrame, name: str, index: bool = True) -> str:  # CSV, LaTeX booktabs, Markdown
+        tables[f"{name}_csv"] = write_text_atomic(df.to_csv(index=index), out_dir / f"{name}.csv")
+        tables[f"{name}_tex"] = write_text_atomic(df.to_latex(index=index, float_format="%.3f", na_rep="--"),
+                                                  out_dir / f"{name}.tex")
+        tables[f"{name}_md"] = write_text_atomic(df.to_markdown(index=index, floatfmt=".3f"), out_dir / f"{name}.md")
+        return df.to_html(index=index, **HTML_TABLE)
+
+    def figure(fig, name: str) -> str:  # PNG for the page and beside it, SVG for a thesis
         fig.savefig(paths.figures_dir(target) / f"{name}.png", dpi=110)
         fig.savefig(paths.figures_dir(target) / f"{name}.svg")
-    costs = final_round.break_even_table(final)
-    tables["break_even_csv"] = write_text_atomic(costs.to_csv(), out_dir / "break_even.csv")
-    html_table = dict(float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp")
-    return ["<h2>Final round: every finalist re-timed in one run</h2>", _recommendation(final),
-            _markdown(final_round.findings(final)),
-            head.to_html(**html_table), f'<img src="data:image/png;base64,{_fig_to_base64(figs["final_round"])}"/>',
-            "<h3>Where the time goes (per stage, this round)</h3>",
-            f'<img src="data:image/png;base64,{_fig_to_base64(figs["final_round_stages"])}"/>',
-            "<h3>One-time costs and break-even</h3><p>Seconds paid once (from each finalist's own chapter) against "
-            "the per-image saving in this round: the images after which the configuration has paid for itself.</p>",
-            costs.to_html(**html_table)]
+        return _fig_to_base64(fig)
+
+    timed = [r for r in final.values() if r.ok and r.latency is not None]
+    budget = ref.extra["final_round"].get("max_accuracy_drop", 0.005)
+    sections = [{"title": None, "intro": None, "table": thesis_table(final_round.headline_table(final), "final_round"),
+                 "images": [figure(final_figure(timed, budget), "final_round")]},
+                {"title": "Where the time goes (per stage, this round)", "intro": None, "table": None,
+                 "images": [figure(runtimes(timed, ref.name), "final_round_stages")]},
+                {"title": "Throughput by batch size (this round)", "intro": None, "table": None,
+                 "images": [figure(throughput_by_batch(timed), "final_round_throughput")]}]
+    roof = final_round.roofline_table(final)
+    if not roof.empty:
+        sections.append({"title": "Distance to the hardware limit", "table": thesis_table(roof, "roofline"),
+                         "intro": "Each finalist's forward pass in operations per second (2 per multiply-add) against "
+                                  "the peak of a GEMM of its number type and thread count, timed in this round.",
+                         "images": [figure(roofline(roof), "roofline")]})
+    effects = final_round.factorial_effects(final)
+    if not effects.empty:
+        sections.append({"title": "Attribution: runtime x precision x sparsity",
+                         "table": thesis_table(effects, "attribution", index=False),
+                         "intro": "Main effects as speed-up factors (geometric mean over the other factor) and "
+                                  "interactions as compounding ratios (1: the two choices multiply), from the same-run "
+                                  "trials of the design's cells, with bootstrap intervals over trials.",
+                         "images": [figure(factorial(effects), "attribution")]})
+    sections.append({"title": "One-time costs and break-even", "images": [],
+                     "table": thesis_table(final_round.break_even_table(final), "break_even"),
+                     "intro": "Seconds paid once (from each finalist's own chapter) against the per-image saving in "
+                              "this round: the images after which the configuration has paid for itself."})
+    return {"error": None, "recommendation": _recommendation(final), "findings": _markdown(final_round.findings(final)),
+            "sections": sections}
 
 
 def summary(target: str, fmt: str = "table", reference: str = REFERENCE) -> str:

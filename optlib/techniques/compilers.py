@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..backends.artifacts import build_eager, spec_of
-from ..backends.pytorch import TorchRunner
+from ..backends.pytorch import TorchRunner, placed
 from ..core.choices import COMPILE_MODES, check_choice
 from ..results.values import Artifact
 from ..workload.data import PreprocessSpec
@@ -191,7 +191,7 @@ def torchscript_runner(model: nn.Module, sample: torch.Tensor, out_dir: Path, me
                        threads: int, device: str = "cpu") -> TorchRunner:
     """TorchScript of the model and its split (torchscript_parts), as a described runner."""
     t0 = time.perf_counter()
-    full, f, h = torchscript_parts(model, sample, Path(out_dir), method)
+    full, f, h = torchscript_parts(placed(model, device)[0], sample, Path(out_dir), method)
     files = {"model": full.path, **({"features": f.path, "head": h.path} if f else {})}
     runner = TorchRunner(full.module, spec, name="torchscript-fp32", device=device, threads=threads,
                          technique="compiler", parts=(f.module, h.module) if f else None,
@@ -236,6 +236,7 @@ def compiled_runners(model: nn.Module, eager: Artifact, modes: list[str], sample
     skipped = [(n, f"only one torch.compile mode per process: {modes[0]!r} was compiled first and dynamo would reuse "
                    f"its graph; run this notebook again with compilers.compile_modes: [{m}] to measure it")
                for n, m in zip(names[1:], modes[1:])]
+    model = placed(model, device)[0]  # compiled where the samples are; the caller's module stays put
     if dtype != torch.float32:
         model = copy.deepcopy(model).to(dtype)
         samples = {bs: x.to(dtype) for bs, x in samples.items()}
