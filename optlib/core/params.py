@@ -452,7 +452,8 @@ def _validate(p: Params, source: str) -> Params:
     if p.comparison.max_finalists < 2:
         fail("comparison.max_finalists", f"must be at least 2 (the references), got {p.comparison.max_finalists}")
     if not 16 <= p.comparison.gemm_size <= 8192:
-        fail("comparison.gemm_size", f"must be between 16 and 8192 (n of an n x n x n product), got {p.comparison.gemm_size}")
+        fail("comparison.gemm_size",
+             f"must be between 16 and 8192 (n of an n x n x n product), got {p.comparison.gemm_size}")
     return p
 
 

@@ -364,7 +364,8 @@ def roofline(table: pd.DataFrame):
                         xytext=(4, 2), textcoords="offset points")
     peaks = table.dropna(subset=["peak_gops"]).drop_duplicates(["peak_of", "threads"])
     for _, row in peaks.iterrows():
-        ax.axhline(float(row["peak_gops"]), color=colors.get(row["peak_of"]), ls=":" if row["threads"] == 1 else "--", lw=1,
+        ax.axhline(float(row["peak_gops"]), color=colors.get(row["peak_of"]), lw=1,
+                   ls=":" if row["threads"] == 1 else "--",
                    label=f"{row['peak_of']} GEMM peak, {row['threads']} thread(s)")
     ax.set_xscale("log")
     ax.set_yscale("log")

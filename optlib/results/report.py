@@ -116,8 +116,8 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
     records = [r for r in records if r.name not in final]  # the chapters' own records
     df = comparison_table(records, reference)
     tables = write_tables(df, target)
-    fig = latency_accuracy(records)
-    fig.savefig(paths.figures_dir(target) / "latency_vs_accuracy.png", dpi=110)
+    scatter = latency_accuracy(records)
+    scatter.savefig(paths.figures_dir(target) / "latency_vs_accuracy.png", dpi=110)
     ok = [r for r in records if r.ok]
     measured = df[df["status"] == "ok"] if "status" in df else df
     chapters = [(nb, group[[c for c in CHAPTER_COLUMNS if c in group and group[c].notna().any()]]
@@ -147,8 +147,8 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     page = env.get_template("report.html.j2").render(
         target=target, reference=reference, final=_final_context(final, target, tables), chapters=chapters,
-        latency_accuracy=_fig_to_base64(fig), training=training_ctx, across=across_ctx, machine=_machine(ok[0].environment if ok else {}),
-        not_ok=[r for r in records if not r.ok],
+        latency_accuracy=_fig_to_base64(scatter), training=training_ctx, across=across_ctx,
+        machine=_machine(ok[0].environment if ok else {}), not_ok=[r for r in records if not r.ok],
         tables=[str(p.relative_to(paths.target_dir(target))) for p in tables.values()])
     return write_text_atomic(page, paths.target_dir(target) / "report.html")
 
