@@ -218,3 +218,18 @@ def test_across_targets_keeps_configurations_measured_on_several_targets(tmp_pat
     assert ort.loc["cpu", "speedup"] == 3.0 and ort.loc["cuda", "speedup"] == 0.8
     assert ort.loc["cuda", "speedup_ci95_low"] == pytest.approx(0.72) and ort.loc["cuda", "device"] == "cuda"
     assert (table[table["configuration"] == "pytorch-fp32"]["speedup"] == 1.0).all()
+
+
+def test_reference_drift_against_its_own_chapters_run():
+    floor = Ratio(1.0, (0.98, 1.02), "final-pytorch-fp32")
+    ref = record("final-pytorch-fp32", "99_comparison", noise_floor=NoiseFloor("twin", floor, floor),
+                 environment={"timestamp": "2026-11-25T14:00:00+00:00"})
+    median = ref.latency.median
+    for own_ms, inside in ((median * 1.01, True), (median * 1.2, False)):
+        ref.extra = {"final_round": {"notebook": "01_baseline", "own_run": {
+            "latency_ms": own_ms, "timestamp": "2026-11-25T12:30:00+00:00"}}}
+        d = fr.reference_drift(ref)
+        assert d["ratio"] == pytest.approx(own_ms / median) and d["within_noise_floor"] is inside
+        assert d["hours_apart"] == pytest.approx(1.5)
+    ref.extra = {"final_round": {"own_run": {}}}
+    assert fr.reference_drift(ref) is None

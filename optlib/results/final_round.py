@@ -139,7 +139,8 @@ def factorial_design(candidates: dict[str, Record]) -> tuple[str | None, dict[tu
         return None, {}
     label = min(labels, key=lambda x: candidates[f"{x}-onnxruntime-int8"].latency.median)
     return label, {("pytorch", "fp32", "dense"): REFERENCE, ("onnxruntime", "fp32", "dense"): ALSO_AGAINST,
-                   ("onnxruntime", "int8", "dense"): labels[label], ("pytorch", "fp32", "pruned"): f"{label}-pytorch-fp32",
+                   ("onnxruntime", "int8", "dense"): labels[label],
+                   ("pytorch", "fp32", "pruned"): f"{label}-pytorch-fp32",
                    ("onnxruntime", "fp32", "pruned"): f"{label}-onnxruntime-fp32",
                    ("onnxruntime", "int8", "pruned"): f"{label}-onnxruntime-int8"}
 
@@ -177,12 +178,13 @@ def factorial_effects(records: dict[str, Record]) -> pd.DataFrame:
                 continue
             n = min(len(trials[c]) for c in square)
             y00, y01, y10, y11 = (trials[c][:n] for c in square)
-            contrasts = {f"{names[i]}: {FACTORS[names[i]][0]} -> {FACTORS[names[i]][1]}": ((y10 - y00) + (y11 - y01)) / 2,
-                         f"{names[j]}: {FACTORS[names[j]][0]} -> {FACTORS[names[j]][1]}": ((y01 - y00) + (y11 - y10)) / 2,
-                         f"{names[i]} x {names[j]} (compounding)": (y11 - y01) - (y10 - y00)}
+            fi, fj = names[i], names[j]
+            contrasts = {f"{fi}: {FACTORS[fi][0]} -> {FACTORS[fi][1]}": ((y10 - y00) + (y11 - y01)) / 2,
+                         f"{fj}: {FACTORS[fj][0]} -> {FACTORS[fj][1]}": ((y01 - y00) + (y11 - y10)) / 2,
+                         f"{fi} x {fj} (compounding)": (y11 - y01) - (y10 - y00)}
             for effect, per_trial in contrasts.items():
                 lo, hi = bootstrap_ci(per_trial, statistic=np.mean)
-                rows.append({"square": f"{names[i]} x {names[j]} at {names[fixed]} = {level}", "effect": effect,
+                rows.append({"square": f"{fi} x {fj} at {names[fixed]} = {level}", "effect": effect,
                              "factor": float(np.exp(-per_trial.mean())),
                              "ci95_low": float(np.exp(-hi)), "ci95_high": float(np.exp(-lo)), "trials": n,
                              "cells": ", ".join(cells[c] for c in square)})
@@ -391,6 +393,27 @@ def pareto_front(latency: dict[str, float], accuracy_change: dict[str, float]) -
     return front
 
 
+def reference_drift(ref: Record) -> dict | None:
+    """The reference's latency in its own chapter's run against this round's: their ratio, whether
+    it lies inside the round's same-vs-same noise floor, and the hours between the two runs. The
+    noise floor is within one process; outside it, speed moved between the runs (over time, or from
+    one fresh process to the next), the reason only same-run ratios are quoted. None without the
+    own run's latency."""
+    own = ref.extra.get("final_round", {}).get("own_run", {})
+    if not own.get("latency_ms") or ref.latency is None or ref.noise_floor is None:
+        return None
+    ratio = own["latency_ms"] / ref.latency.median
+    lo, hi = ref.noise_floor.paired.ci95
+    hours = None
+    if own.get("timestamp") and (ref.environment or {}).get("timestamp"):
+        from datetime import datetime
+
+        delta = datetime.fromisoformat(ref.environment["timestamp"]) - datetime.fromisoformat(own["timestamp"])
+        hours = delta.total_seconds() / 3600
+    return {"own_run_ms": own["latency_ms"], "round_ms": ref.latency.median, "ratio": ratio,
+            "within_noise_floor": lo <= ratio <= hi, "noise_floor": [lo, hi], "hours_apart": hours}
+
+
 def findings(records: dict[str, Record]) -> str:
     """The round's discussion, from the records it just wrote."""
     ref = records.get(PREFIX + REFERENCE)
@@ -401,6 +424,16 @@ def findings(records: dict[str, Record]) -> str:
     lines = [f"{len(records)} finalist(s) re-timed together in this run against **{ref.name}** "
              f"({ref.latency.median:.3f} ms, 95% CI {ref.latency.ci95[0]:.3f} to {ref.latency.ci95[1]:.3f}); "
              f"same-vs-same noise floor {nf.value:.3f}x [{nf.ci95[0]:.3f}, {nf.ci95[1]:.3f}]."]
+    drift = reference_drift(ref)
+    if drift is not None:
+        apart = f", {drift['hours_apart']:.1f} h earlier" if drift["hours_apart"] is not None else ""
+        same = drift["within_noise_floor"]
+        lines.append(f"{ref.extra['final_round']['notebook']}'s own run of {REFERENCE}{apart}: "
+                     f"{drift['own_run_ms']:.3f} ms, {drift['ratio']:.3f}x this round's, " + (
+                         "inside the noise floor: the machine ran at the same speed both times." if same else
+                         "outside the noise floor: the same configuration runs at another speed in another run or "
+                         "process (drift over time, and between fresh processes on a quiet machine), which is why "
+                         "ratios are only taken within one run."))
     ok = [r for r in records.values() if r.ok and r.latency is not None and r.name != ref.name]
     fastest = min([ref, *ok], key=lambda r: r.latency.median)
     share = overhead["median_us"] / 1e3 / fastest.latency.median
