@@ -5,7 +5,8 @@ and BF16 through torch.mm (oneDNN / MKL, the kernels eager PyTorch and inductor 
 ONNX Runtime's MatMulInteger (u8 x s8 -> s32, the MLAS kernels the static INT8 graphs run). The
 peak is the best of several timed products after a warm-up, in operations per second (2 per
 multiply-add). `achieved` turns a configuration's multiply-adds and forward latency into the
-same unit, so `fraction` says which share of the peak of its number type it reaches: a batch-1
+same unit, so the final round's `share_of_peak` (results.final_round.roofline_table) says which
+share of the peak of its number type it reaches: a batch-1
 convolution network is usually far from it (small matrices, memory-bound layers, per-operator
 overheads), and the column shows by how much.
 """
