@@ -4,6 +4,7 @@ VENV ?= .venv
 TARGET ?= cpu
 PARAMS ?=
 NOTEBOOKS ?=
+FORCE ?=
 # Exactly one of the cpu / cuda extras per environment (onnxruntime vs onnxruntime-gpu).
 EXTRAS ?= $(if $(filter cuda,$(TARGET)),cuda,cpu),dev
 comma := ,
@@ -24,7 +25,8 @@ setup: $(STAMP)
 WHICH := $(if $(PARAMS),--params $(PARAMS),--target $(TARGET))
 
 run: setup
-	$(PY) -m optlib run $(WHICH) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)); \
+	$(PY) -m optlib run $(WHICH) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)) \
+	  $(if $(FORCE),--force $(if $(filter 1,$(FORCE)),,$(FORCE))); \
 	status=$$?; \
 	$(PY) -m optlib report $(WHICH) || status=1; \
 	exit $$status

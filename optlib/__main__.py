@@ -1,6 +1,7 @@
 """Command line: python -m optlib run | summary | report | export-best | example.
 
-  python -m optlib run --target cpu [--notebooks 00,01] [--params FILE]
+  python -m optlib run --target cpu [--notebooks 00,01] [--params FILE] [--force [00,03]] [--dry-run]
+  python -m optlib run --targets cpu,edge --cluster local|ADDRESS   # each target a Ray task (core.cluster)
   python -m optlib summary --target cpu --format table|json|csv
   python -m optlib report --target cpu
   python -m optlib export-best --target cpu   # outputs/cpu/deploy/: the chosen model, runnable without optlib
@@ -25,20 +26,62 @@ def _target(args) -> str:
     return args.target
 
 
+def _force(value: str | None) -> set[str] | bool:
+    """--force alone: every selected chapter; --force 00,03: those."""
+    if value is None:
+        return False
+    return True if value == "*" else {s.strip() for s in value.split(",") if s.strip()}
+
+
+def print_runs(runs, seconds: float, label: str = "") -> None:
+    print(f"\n[optlib] summary{label} ({seconds:.0f} s):")
+    for r in runs:
+        note = r.error or ("; ".join(r.why) if r.status == "skipped" else "")
+        print(f"  {r.status:7s} {r.notebook:28s} {r.seconds:7.1f} s" + (f"  {note}" if note else ""))
+
+
 def cmd_run(args) -> int:
     from .core.pipeline import resolve_params, run_notebooks
+    from .core.runstate import LockedError
 
+    selection = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
+    if args.cluster or args.targets:
+        from .core.cluster import ClusterError, run_targets
+
+        if not (args.cluster and args.targets):
+            raise ValueError("--targets and --cluster go together "
+                             "(--cluster local runs a Ray instance on this machine)")
+        try:
+            results = run_targets([t.strip() for t in args.targets.split(",") if t.strip()], args.cluster,
+                                  selection, _force(args.force))
+        except ClusterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        failed = []
+        for res in results:
+            print_runs(res.runs, res.seconds, f" of target {res.target!r} on {res.node}")
+            failed += [f"{res.target}/{r.notebook}" for r in res.runs if r.status == "failed"]
+        if failed:
+            print(f"[optlib] {len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1 if failed else 0
     params, path = resolve_params(args.target, args.params)
     if args.params and args.target_given:
         params.target = args.target
-    selection = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
     print(f"[optlib] target {params.target!r} from {path}; outputs in {paths.target_dir(params.target)}")
+    if args.dry_run:
+        from .core.pipeline import list_notebooks, plan
+
+        for nb, why in plan(params, list_notebooks(selection), _force(args.force)):
+            print(f"  {'run' if why else 'skip':4s} {nb.stem:28s} {'; '.join(why) if why else 'unchanged'}")
+        return 0
     t0 = time.perf_counter()
-    runs = run_notebooks(params, selection)
-    print(f"\n[optlib] summary ({time.perf_counter() - t0:.0f} s):")
-    for r in runs:
-        print(f"  {r.status:6s} {r.notebook:28s} {r.seconds:7.1f} s" + (f"  {r.error}" if r.error else ""))
-    failed = [r for r in runs if r.status != "ok"]
+    try:
+        runs = run_notebooks(params, selection, _force(args.force))
+    except LockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_runs(runs, time.perf_counter() - t0)
+    failed = [r for r in runs if r.status == "failed"]
     if failed:
         print(f"[optlib] {len(failed)} notebook(s) failed: {', '.join(r.notebook for r in failed)}", file=sys.stderr)
         return 1
@@ -100,6 +143,13 @@ def main(argv=None) -> int:
         p.add_argument("--params", default=None, help="a params YAML file (its `target` names the outputs)")
         if name == "run":
             p.add_argument("--notebooks", default=None, help="comma-separated numbers or names, e.g. 00,01")
+            p.add_argument("--force", nargs="?", const="*", default=None, metavar="NOTEBOOKS",
+                           help="rerun chapters whose inputs are unchanged: all selected, or those named (00,03)")
+            p.add_argument("--dry-run", action="store_true", help="say which chapters would run and why; run none")
+            p.add_argument("--targets", default=None,
+                           help="with --cluster: comma-separated targets (names or params files), each a Ray task")
+            p.add_argument("--cluster", default=None,
+                           help="Ray cluster address, or `local` for a Ray instance on this machine (extra `cluster`)")
         if name == "summary":
             p.add_argument("--format", choices=("table", "json", "csv"), default="table")
         p.set_defaults(fn=fn)

@@ -121,3 +121,21 @@ def test_memory_child_sees_the_configuration(setup, tmp_path):
     weights = 4096 * 4096 * 4 + 3072 * 4096 * 4
     mem = measure_memory(big, tmp_path, setup["images"], [1, 4], threads=1)
     assert mem.above_resting_bytes >= weights and mem.resting_bytes > 50e6 and "child process" in mem.method
+
+
+def test_fresh_processes_each_rebuild_and_time_the_configuration(setup):
+    """measurement.fresh: one median per child, each child a new process (not this one); a child that
+    cannot rebuild the configuration ends it with its error and the medians so far."""
+    import os
+
+    from optlib.core.params import BenchParams
+    from optlib.measurement.fresh import fresh_process_latency
+
+    bench = BenchParams(warmup=1, samples=4, trials=1, batch_sizes=[1], threads=1, settle_s=0.0)
+    out = fresh_process_latency(setup["eager"], setup["dir"], setup["images"], bench, 1, 1, processes=2, trials=2)
+    assert len(out["medians_ms"]) == 2 and all(m > 0 for m in out["medians_ms"])
+    assert len(set(out["pids"])) == 2 and os.getpid() not in out["pids"]
+    assert out["min_ms"] <= out["max_ms"] and out["spread"] >= 1.0
+    gone = Artifact("pytorch", {"weights": "models/gone.pt"}, setup["eager"].options)
+    bad = fresh_process_latency(gone, setup["dir"], setup["images"], bench, 1, 1, processes=2)
+    assert bad["medians_ms"] == [] and "gone.pt" in bad["error"]

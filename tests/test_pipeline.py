@@ -104,6 +104,8 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     ref = final["final-pytorch-fp32"]
     assert ref.notebook == "99_comparison" and ref.noise_floor is not None
     assert ref.extra["final_round"]["harness_overhead"]["calls"] == smoke["samples"] * smoke["trials"]
+    fresh = ref.extra["final_round"]["between_process"]  # the reference in 2 fresh processes (comparison.fresh_*)
+    assert len(fresh["medians_ms"]) == 2 and len(set(fresh["pids"])) == 2 and fresh["min_ms"] <= fresh["max_ms"]
     design_only = ["a cell of the runtime x precision x sparsity design"]
     assert 3 <= sum(r.extra["final_round"]["why"] != design_only for r in final.values()) <= 5  # max_finalists: 5
     assert "final-onnxruntime-fp32" in final
@@ -144,6 +146,22 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert (tmp_path / "smoke" / "tables" / "comparison.tex").is_file()
     s = run_cli(["summary", "--target", "smoke", "--format", "csv"], tmp_path).stdout
     assert s.splitlines()[0].startswith("name,") and "pytorch-fp32" in s
+    # resume: an unchanged tree runs nothing again; each chapter's manifest holds what it read
+    again = run_cli(["run", "--params", "params/smoke.yaml"], tmp_path).stdout
+    assert "0 of 11 chapter(s) to run" in again and again.count("skipped ") >= 11
+    runs = {nb: json.loads((tmp_path / "smoke" / "runs" / f"{nb}.json").read_text())
+            for nb in ("01_baseline", "03_fp16_bf16", "06_pruning")}
+    assert "precision.variants" in runs["03_fp16_bf16"]["inputs"]["params"]
+    assert "prune.ratios" in runs["06_pruning"]["inputs"]["params"]
+    assert not [k for k in runs["01_baseline"]["inputs"]["params"] if k.startswith(("precision.", "prune."))]
+    assert "optlib/techniques/precision.py" in runs["03_fp16_bf16"]["inputs"]["code"]
+    # a hand-edited record: summary and the report name its file and go on with the rest
+    broken = tmp_path / "smoke" / "results" / "hand-edited.json"
+    broken.write_text('{"schema": "optlib.result/2", "name": ')
+    s = run_cli(["summary", "--target", "smoke", "--format", "csv"], tmp_path).stdout
+    assert str(broken) in s and "pytorch-fp32" in s
+    run_cli(["report", "--params", "params/smoke.yaml"], tmp_path)
+    assert str(broken) in (tmp_path / "smoke" / "report.html").read_text()
 
 
 @pytest.fixture(scope="module")

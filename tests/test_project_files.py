@@ -52,16 +52,17 @@ def test_ci_calls_make_test():
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_parameters_cell_names_every_params_section(nb):
-    """papermill injects every top-level key of Params; the notebook must define and pass them all."""
+    """papermill injects every top-level key of Params but the pipeline's own; the notebook must
+    define and pass them all."""
     import dataclasses
 
-    from optlib.core.params import Params
+    from optlib.core.params import PIPELINE_ONLY_KEYS, Params
 
     cells = json.loads(nb.read_text())["cells"]
     cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
     namespace: dict = {}
     exec("".join(cell["source"]), namespace)
-    fields = {f.name for f in dataclasses.fields(Params)}
+    fields = {f.name for f in dataclasses.fields(Params)} - PIPELINE_ONLY_KEYS
     assert fields | {"params_file"} <= set(namespace), f"{nb.name}: parameters cell lacks {fields - set(namespace)}"
     source = "".join("".join(c["source"]) for c in cells)
     for f in fields:

@@ -7,9 +7,11 @@ and the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +30,52 @@ class ParamsError(ValueError):
     """A parameter is unknown, of the wrong type, out of range, or names a missing path."""
 
 
+# Which parameters a chapter really reads, for the pipeline's skip-unchanged (core.runstate): with
+# $OPTLIB_PARAMS_TRACE naming a file, the first read of each parameter in a process appends its key
+# ("bench.samples") there. Child processes inherit the variable and append to the same file.
+_TRACE = {"path": os.environ.get("OPTLIB_PARAMS_TRACE"), "seen": set(), "paused": 0}
+
+
+def trace_reads(path: str | Path | None) -> None:
+    """Note every parameter read from now on in `path` (None stops); the pipeline sets it per chapter."""
+    _TRACE.update(path=str(path) if path else None, seen=set())
+
+
+def _note_read(key: str) -> None:
+    if _TRACE["path"] is None or _TRACE["paused"] or key in _TRACE["seen"]:
+        return
+    _TRACE["seen"].add(key)
+    try:
+        with open(_TRACE["path"], "a") as f:
+            f.write(key + "\n")
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def _untraced():
+    """Reads that are not the chapter's: validation, copies of the whole tree."""
+    _TRACE["paused"] += 1
+    try:
+        yield
+    finally:
+        _TRACE["paused"] -= 1
+
+
+class _Traced:
+    """Base of the parameter sections: reading a field notes its key (see trace_reads)."""
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        if _TRACE["path"] is not None and name[0] != "_" and name in type(self).__dataclass_fields__:
+            section = _SECTION_NAMES.get(type(self))
+            if section is None and not isinstance(value, _Traced):  # Params' own scalars: target, device
+                _note_read(name)
+            elif section is not None:
+                _note_read(f"{section}.{name}")
+        return value
+
+
 def choice(default, options: tuple):
     """A field whose value (or, for a list, every item) must be one of `options` (core.choices)."""
     factory = (lambda: list(default)) if isinstance(default, list) else None
@@ -36,7 +84,7 @@ def choice(default, options: tuple):
 
 
 @dataclass
-class ModelParams:
+class ModelParams(_Traced):
     # torchvision model name ("torchvision:resnet50") or "package.module:function" -> nn.Module
     arch: str = "torchvision:resnet18"
     # Logits per image; None: one per class in the data. 1: a single logit for data.positive_class
@@ -52,7 +100,7 @@ class ModelParams:
 
 
 @dataclass
-class DataParams:
+class DataParams(_Traced):
     root: str | None = None  # ImageFolder of evaluated images; None: embedded digits
     train_root: str | None = None  # ImageFolder for calibration / fine-tuning / QAT
     image_size: int = 64
@@ -69,7 +117,7 @@ class DataParams:
 
 
 @dataclass
-class TrainParams:
+class TrainParams(_Traced):
     # Training of the embedded default model (ignored when model.checkpoint is set).
     epochs: int = 5
     batch_size: int = 64
@@ -78,7 +126,7 @@ class TrainParams:
 
 
 @dataclass
-class BenchParams:
+class BenchParams(_Traced):
     warmup: int = 10  # untimed calls before each timed block
     # Many short trials rather than a few long ones: this machine's speed drifts between blocks,
     # and speed-ups are per-trial ratios of adjacent blocks (measurement.stats.paired_ratio), so
@@ -90,10 +138,24 @@ class BenchParams:
     settle_s: float = 0.5  # pause before a timed block that follows another runtime's block
     eval_batch_size: int = 64
     memory: bool = True  # peak memory of each configuration, measured in its own child process
+    # A busy machine is named: CPU time other processes took during the timed blocks, in cores.
+    # Above this the record is flagged `contended` (measurement.load).
+    contention_cores: float = 0.25
+    wait_for_quiet_s: float = 0.0  # wait up to this long for a quiet machine before timing (0: don't)
 
 
 @dataclass
-class OnnxParams:
+class RunParams(_Traced):
+    """The pipeline itself (`optlib run`), not read by the chapters: changing it reruns nothing."""
+    # A chapter still running after this long is stopped (its kernel shut down) and reported failed.
+    chapter_timeout_s: float = 4 * 3600.0
+    # With --cluster: a Ray custom resource naming the machine kind this target needs (e.g.
+    # edge_board); only nodes started with it run the target. None: any node (a GPU for cuda).
+    node_resource: str | None = None
+
+
+@dataclass
+class OnnxParams(_Traced):
     exporter: str = choice("dynamo", C.EXPORTERS)  # torchscript: legacy, opset <= 17 honoured
     opset: int = 18
     simplify: bool = True  # onnxslim
@@ -105,7 +167,7 @@ class OnnxParams:
 
 
 @dataclass
-class CompilerParams:
+class CompilerParams(_Traced):
     torchscript: bool = True
     torchscript_method: str = choice("trace", C.TORCHSCRIPT_METHODS)  # script falls back to trace
     # One mode per run: a second mode in the same process reuses the first's graph (see 02).
@@ -115,7 +177,7 @@ class CompilerParams:
 
 
 @dataclass
-class QuantParams:
+class QuantParams(_Traced):
     calibration_size: int = 100  # images drawn from the training side, never the evaluated ones
     seed: int = 0  # calibration draw
     method: str = choice("minmax", C.CALIBRATION_METHODS)  # the main static method
@@ -139,7 +201,7 @@ class QuantParams:
 
 
 @dataclass
-class FineTuneParams:
+class FineTuneParams(_Traced):
     # The one fine-tuning recipe (workload.training.finetune) of QAT, pruning and the dense control;
     # how many epochs each technique trains is its own parameter (quant.qat_epochs, prune.finetune_epochs).
     lr_scale: float = 0.1  # peak learning rate as a fraction of train.lr (the original training's)
@@ -149,7 +211,7 @@ class FineTuneParams:
 
 
 @dataclass
-class PruneParams:
+class PruneParams(_Traced):
     # Unstructured (torch.nn.utils.prune): masks only; accuracy over the sweep, latency of one point.
     unstructured_criteria: list[str] = choice(["l1", "random"], C.UNSTRUCTURED_CRITERIA)
     unstructured_scopes: list[str] = choice(["global", "layer"], C.PRUNE_SCOPES)
@@ -179,7 +241,7 @@ class PruneParams:
 
 
 @dataclass
-class PrecisionParams:
+class PrecisionParams(_Traced):
     """Chapter 03: reduced precision (techniques.precision)."""
     variants: list[str] = choice(["bf16-autocast", "bf16", "fp16-autocast", "fp16"], C.PRECISION_VARIANTS)
     channels_last: bool = True  # every variant also in channels_last
@@ -192,7 +254,7 @@ class PrecisionParams:
 
 
 @dataclass
-class MemoryParams:
+class MemoryParams(_Traced):
     """Chapter 08: training memory (techniques.training_memory)."""
     batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # each >= 2 (BatchNorm)
     precisions: list[str] = choice(["fp32", "bf16-autocast", "fp16-autocast"], C.TRAIN_PRECISIONS)
@@ -214,7 +276,7 @@ class MemoryParams:
 
 
 @dataclass
-class TensorRTParams:
+class TensorRTParams(_Traced):
     """Chapter 07: TensorRT engines (techniques.tensorrt); GPU only, skipped records elsewhere."""
     precisions: list[str] = choice(["fp32", "fp16", "int8"], C.TRT_PRECISIONS)  # bf16 where the GPU has it
     workspace_gib: float = 2.0  # the builder's workspace memory-pool limit
@@ -226,7 +288,7 @@ class TensorRTParams:
 
 
 @dataclass
-class ComparisonParams:
+class ComparisonParams(_Traced):
     """Chapter 99: the final round (results.final_round) re-times the finalists together."""
     final_round: bool = True
     finalists: list[str] = field(default_factory=list)  # record names to add to the chosen finalists
@@ -234,10 +296,14 @@ class ComparisonParams:
     factorial: bool = True  # add the cells of the runtime x precision x sparsity design (final_round.factorial_design)
     roofline: bool = True  # time a GEMM per number type in the round: each finalist's share of the peak (CPU)
     gemm_size: int = 1024  # n of the n x n x n products timed for the peaks
+    # The reference in this many fresh processes, one after the other (measurement.fresh): the noise
+    # floor between runs, which the same-process twin cannot show. 0: not measured.
+    fresh_processes: int = 5
+    fresh_trials: int = 3  # timed blocks per fresh process (bench.samples calls each)
 
 
 @dataclass
-class Params:
+class Params(_Traced):
     target: str = "notebook"  # outputs go to outputs/<target>/
     device: str = choice("cpu", C.DEVICES)
     model: ModelParams = field(default_factory=ModelParams)
@@ -253,9 +319,12 @@ class Params:
     memory: MemoryParams = field(default_factory=MemoryParams)
     tensorrt: TensorRTParams = field(default_factory=TensorRTParams)
     comparison: ComparisonParams = field(default_factory=ComparisonParams)
+    run: RunParams = field(default_factory=RunParams)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every parameter as plain values (not noted as read: records keep the whole tree)."""
+        with _untraced():
+            return dataclasses.asdict(self)
 
     def hash(self) -> str:
         """Stable short hash of every parameter (recorded in each result)."""
@@ -266,8 +335,23 @@ class Params:
         return self.data.root is None
 
 
+_SECTION_NAMES = {f.type if isinstance(f.type, type) else f.default_factory: f.name
+                  for f in dataclasses.fields(Params) if f.default_factory is not dataclasses.MISSING}
+
+
+def read_value(params: "Params", key: str):
+    """The value of a dotted key ("bench.samples") without noting it as read."""
+    with _untraced():
+        value = params
+        for part in key.split("."):
+            value = getattr(value, part)
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
 # Keys a papermill parameters cell may carry that are not parameters of the run.
 NOTEBOOK_ONLY_KEYS = {"params_file"}
+# Sections for `optlib run` itself, not injected into the notebooks.
+PIPELINE_ONLY_KEYS = {"run"}
 
 
 def stable_hash(obj) -> str:
@@ -372,6 +456,14 @@ def _validate(p: Params, source: str) -> Params:
     for key in ("samples", "trials", "threads", "eval_batch_size"):
         if getattr(p.bench, key) < 1:
             fail(f"bench.{key}", "must be at least 1")
+    if p.bench.contention_cores <= 0 or p.bench.wait_for_quiet_s < 0:
+        fail("bench.contention_cores" if p.bench.contention_cores <= 0 else "bench.wait_for_quiet_s",
+             "must be positive (contention_cores) or zero or more (wait_for_quiet_s)")
+    if p.comparison.fresh_processes < 0 or p.comparison.fresh_trials < 1:
+        fail("comparison.fresh_processes" if p.comparison.fresh_processes < 0 else "comparison.fresh_trials",
+             "must be 0 or more processes (fresh_processes) and 1 or more trials (fresh_trials)")
+    if p.run.chapter_timeout_s <= 0:
+        fail("run.chapter_timeout_s", f"must be a positive number of seconds, got {p.run.chapter_timeout_s}")
     if p.bench.warmup < 0:
         fail("bench.warmup", "must be >= 0")
     if not p.bench.batch_sizes or any(b < 1 for b in p.bench.batch_sizes):
@@ -462,7 +554,8 @@ def from_dict(values: dict | None, source: str = "<parameters>") -> Params:
     values = dict(values or {})
     for key in NOTEBOOK_ONLY_KEYS:
         values.pop(key, None)
-    return _validate(_build(Params, values, "", source), source)
+    with _untraced():
+        return _validate(_build(Params, values, "", source), source)
 
 
 def load_params(path: str | Path) -> Params:

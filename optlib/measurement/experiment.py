@@ -22,7 +22,7 @@ from ..core.params import Params
 from ..results.records import Record, write_record
 from ..results.values import NoiseFloor, Throughput, to_plain
 from ..workload.outputs import Outputs
-from . import gpu_telemetry, timing
+from . import gpu_telemetry, load, timing
 from .memory import MemoryMeasurementError, measure_memory
 from .metrics import classification_metrics, fidelity
 from .stats import independent_ratio, paired_ratio, summarize
@@ -103,10 +103,14 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
         twin = next(r for r in runners if r.name == reference).twin(f"{reference}-twin")
         timed.append(twin)
     latency_bs = min(params.bench.batch_sizes)
-    lat = timing.latency(timed, images, params.bench, batch_size=latency_bs, progress=progress)
+    quiet = load.wait_for_quiet(params.bench.contention_cores, params.bench.wait_for_quiet_s) \
+        if params.bench.wait_for_quiet_s > 0 else None
+    monitor = load.LoadMonitor(params.bench.contention_cores)
+    lat = timing.latency(timed, images, params.bench, batch_size=latency_bs, progress=progress, monitor=monitor)
     telemetry: dict = {}
     sampler = gpu_telemetry.nvml_sampler_factory() if params.device == "cuda" else None
-    thr = timing.throughput(timed, images, params.bench, progress=progress, telemetry=sampler, telemetry_out=telemetry)
+    thr = timing.throughput(timed, images, params.bench, progress=progress, telemetry=sampler, telemetry_out=telemetry,
+                            monitor=monitor)
     totals = {n: stages["total"] for n, stages in lat.items()}
     by_metric = [("latency", latency_bs, totals)] + [("throughput", bs, s) for bs, s in thr.items()]
 
@@ -157,6 +161,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             environment=environment,
             extra={"stage_split": r.stage_split, "stage_split_max_abs_diff": stage_split_error(r, images),
                    "eval_seconds": eval_s[r.name], "bench": vars(params.bench),
+                   "load": {**monitor.summary(r.name), **({"wait_for_quiet": quiet} if quiet else {})},
                    **({"dataset": data_summary} if data_summary else {}),
                    **({"memory_not_measured": memory_note} if memory_note else {}),
                    **({"memory_reused": "measured from the same artifact before (known_memory)"}

@@ -17,12 +17,14 @@ Method:
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
 from ..backends.base import Runner
 from ..core.params import BenchParams
+from .load import LoadMonitor
 
 STAGES = ("preprocessing", "feature_extraction", "classification", "total")
 
@@ -78,8 +80,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams, batch_size: int = 1,
-            progress: bool = True) -> dict[str, dict[str, list[np.ndarray]]]:
-    """Per-stage latency samples (ms) of each runner at `batch_size`.
+            progress: bool = True, monitor: LoadMonitor | None = None) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Per-stage latency samples (ms) of each runner at `batch_size`; `monitor` notes other
+    processes' CPU use over each timed block (measurement.load).
 
     Returns {runner.name: {stage: [one array of `samples` values per trial]}} for the stages in
     STAGES; trial t of every runner comes from the same round of adjacent blocks.
@@ -95,9 +98,10 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
                     _time_stages_once(r, _batch_at(images, i, batch_size))
                     bar.update()
                 block = np.empty((bench.samples, 4), dtype=np.int64)
-                for i in range(bench.samples):
-                    block[i] = _time_stages_once(r, _batch_at(images, i, batch_size))
-                    bar.update()
+                with monitor.block(r.name) if monitor else contextlib.nullcontext():
+                    for i in range(bench.samples):
+                        block[i] = _time_stages_once(r, _batch_at(images, i, batch_size))
+                        bar.update()
                 for j, stage in enumerate(STAGES):
                     samples[r.name][stage].append(block[:, j] / 1e6)
     return samples
@@ -105,7 +109,8 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
 
 def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
                batch_sizes: list[int] | None = None, progress: bool = True, telemetry=None,
-               telemetry_out: dict | None = None) -> dict[int, dict[str, list[np.ndarray]]]:
+               telemetry_out: dict | None = None,
+               monitor: LoadMonitor | None = None) -> dict[int, dict[str, list[np.ndarray]]]:
     """Batch latency samples (ms) of the full graph at each batch size.
 
     For every batch size, each runner runs `trials` alternating blocks of max(5, samples //
@@ -129,13 +134,14 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
                         bar.update()
                     block = np.empty(n)
                     sampler = telemetry().start() if telemetry is not None and r.device == "cuda" else None
-                    for i in range(n):
-                        batch = _batch_at(images, i, bs)
-                        t0 = time.perf_counter_ns()
-                        r.predict(batch)
-                        r.synchronize()
-                        block[i] = (time.perf_counter_ns() - t0) / 1e6
-                        bar.update()
+                    with monitor.block(r.name) if monitor else contextlib.nullcontext():
+                        for i in range(n):
+                            batch = _batch_at(images, i, bs)
+                            t0 = time.perf_counter_ns()
+                            r.predict(batch)
+                            r.synchronize()
+                            block[i] = (time.perf_counter_ns() - t0) / 1e6
+                            bar.update()
                     if sampler is not None and telemetry_out is not None:
                         telemetry_out.setdefault(bs, {}).setdefault(r.name, []).append(sampler.stop(images=n * bs))
                     per_runner[r.name].append(block)

@@ -20,7 +20,7 @@ def results_table(records: list[Record], references: list[str] | None = None) ->
     """One row per measured record: kernels, latency_ms with its interval, p95_ms, the same-run
     speedup against each of `references` (default: every reference the records were compared
     with), images_per_s at the largest batch size, size_mb, peak_memory_mb, accuracy,
-    accuracy_change with its paired interval, and flips."""
+    accuracy_change with its paired interval, flips, and `contended` where the machine was busy."""
     ok = [r for r in records if r.ok and r.latency is not None]
     if references is None:
         references = list(dict.fromkeys(s.reference for r in ok for s in r.speedups))
@@ -45,8 +45,19 @@ def results_table(records: list[Record], references: list[str] | None = None) ->
             row["accuracy_change_ci95"] = fmt_ci(r.fidelity.accuracy_change_ci95, percent=True)
             row["flips"] = r.fidelity.flips
             row.update(operating_point_columns(r))
+        if contended(r):
+            row["contended"] = contended(r)
         rows[r.name] = row
     return pd.DataFrame(rows).T
+
+
+def contended(record: Record) -> str | None:
+    """The contention flag (measurement.load): what other processes took while the record was
+    timed, when above its threshold; None on a quiet machine or where it was not measured."""
+    load = (record.extra or {}).get("load") or {}
+    if not load.get("contended"):
+        return None
+    return f"yes: others took {load['other_cpu_cores']:.2f} of {load.get('cores') or '?'} cores"
 
 
 def operating_point_columns(record: Record) -> dict:

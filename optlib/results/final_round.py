@@ -25,7 +25,7 @@ from ..backends.base import Runner
 from ..core import paths
 from ..measurement import roofline, timing
 from ..measurement.stats import bootstrap_ci, holm, mcnemar_exact_p, summarize
-from .compare import fmt_ci
+from .compare import contended, fmt_ci
 from .records import Record, load_records
 
 PREFIX = "final-"
@@ -281,6 +281,13 @@ def run(ch, records: list[Record], progress: bool = True) -> dict[str, Record]:
                             "gemm_size": C.gemm_size, "gemm_peaks_ops": {
                                 k: {str(t): v for t, v in by.items()}
                                 for k, by in roofline.gemm_peaks(threads, C.gemm_size).items()}}
+    if C.fresh_processes:
+        from ..measurement.fresh import fresh_process_latency
+
+        rec = next(f.record for f in chosen if f.record.name == REFERENCE)
+        info["between_process"] = fresh_process_latency(
+            rec.artifact, paths.target_dir(P.target), ch.dataset.test.images, P.bench, min(P.bench.batch_sizes),
+            (rec.device or {}).get("threads") or P.bench.threads, P.device, C.fresh_processes, C.fresh_trials)
     runners = rebuild(ch, chosen, info)
     names = [r.name for r in runners]
     if ref not in names:
@@ -353,6 +360,8 @@ def headline_table(records: dict[str, Record]) -> pd.DataFrame:
         if r.throughput:
             big = max(r.throughput.values(), key=lambda v: v.batch_size)
             row[f"images_per_s bs={big.batch_size}"] = big.images_per_s
+        if contended(r):
+            row["contended"] = contended(r)
         rows[fr.get("of", name)] = row
     df = pd.DataFrame(rows).T.rename_axis("configuration")
     if "mcnemar_p" in df:  # one family of tests against the same reference: Holm-adjusted too
@@ -395,10 +404,11 @@ def pareto_front(latency: dict[str, float], accuracy_change: dict[str, float]) -
 
 def reference_drift(ref: Record) -> dict | None:
     """The reference's latency in its own chapter's run against this round's: their ratio, whether
-    it lies inside the round's same-vs-same noise floor, and the hours between the two runs. The
-    noise floor is within one process; outside it, speed moved between the runs (over time, or from
-    one fresh process to the next), the reason only same-run ratios are quoted. None without the
-    own run's latency."""
+    it lies inside the round's same-vs-same noise floor, the hours between the two runs, and (when
+    the round timed the reference in fresh processes, measurement.fresh) whether the own run's
+    latency lies inside the range of those processes' medians. The twin's floor is within one
+    process; the fresh processes show how far one process's speed is from the next, the reason only
+    same-run ratios are quoted. None without the own run's latency."""
     own = ref.extra.get("final_round", {}).get("own_run", {})
     if not own.get("latency_ms") or ref.latency is None or ref.noise_floor is None:
         return None
@@ -410,8 +420,13 @@ def reference_drift(ref: Record) -> dict | None:
 
         delta = datetime.fromisoformat(ref.environment["timestamp"]) - datetime.fromisoformat(own["timestamp"])
         hours = delta.total_seconds() / 3600
-    return {"own_run_ms": own["latency_ms"], "round_ms": ref.latency.median, "ratio": ratio,
-            "within_noise_floor": lo <= ratio <= hi, "noise_floor": [lo, hi], "hours_apart": hours}
+    out = {"own_run_ms": own["latency_ms"], "round_ms": ref.latency.median, "ratio": ratio,
+           "within_noise_floor": lo <= ratio <= hi, "noise_floor": [lo, hi], "hours_apart": hours}
+    fresh = ref.extra.get("final_round", {}).get("between_process") or {}
+    if fresh.get("medians_ms") and not fresh.get("error"):
+        out.update(fresh_processes=fresh["processes"], fresh_min_ms=fresh["min_ms"], fresh_max_ms=fresh["max_ms"],
+                   within_fresh_range=fresh["min_ms"] <= own["latency_ms"] <= fresh["max_ms"])
+    return out
 
 
 def findings(records: dict[str, Record]) -> str:
@@ -434,6 +449,16 @@ def findings(records: dict[str, Record]) -> str:
                          "outside the noise floor: the same configuration runs at another speed in another run or "
                          "process (drift over time, and between fresh processes on a quiet machine), which is why "
                          "ratios are only taken within one run."))
+        if "fresh_processes" in drift:
+            lo_ms, hi_ms = drift["fresh_min_ms"], drift["fresh_max_ms"]
+            lines.append(f"The reference timed in {drift['fresh_processes']} fresh processes one after the other, just "
+                         f"before the round: medians from {lo_ms:.3f} to {hi_ms:.3f} ms ({hi_ms / lo_ms:.3f}x apart), "
+                         f"the noise floor between processes; the own run's {drift['own_run_ms']:.3f} ms lies "
+                         + ("inside that range." if drift["within_fresh_range"] else
+                            "outside that range: the machine's speed itself moved between the two runs."))
+    elif (ref.extra.get("final_round", {}).get("between_process") or {}).get("error"):
+        lines.append("The reference could not be timed in fresh processes: "
+                     + ref.extra["final_round"]["between_process"]["error"])
     ok = [r for r in records.values() if r.ok and r.latency is not None and r.name != ref.name]
     fastest = min([ref, *ok], key=lambda r: r.latency.median)
     share = overhead["median_us"] / 1e3 / fastest.latency.median

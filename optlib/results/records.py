@@ -37,10 +37,11 @@ each as invalid with the instruction to rerun its chapter.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core import paths
+from ..core import manifest, paths
 from ..core.choices import STATUSES
 from ..core.io import write_json_atomic
 from .values import (Artifact, Fidelity, Kernels, LatencySummary, Memory, NoiseFloor, Ratio, Throughput,
@@ -115,7 +116,11 @@ class Record:
 
 
 def write_record(record: Record) -> Path:
-    """Write `record` atomically to outputs/<target>/results/<name>.json and return the path."""
+    """Write `record` atomically to outputs/<target>/results/<name>.json and return the path. Inside
+    `optlib run` the record carries the chapter run's id (environment.run_id; core.manifest)."""
+    run_id = os.environ.get(manifest.RUN_ID_ENV)
+    if run_id:
+        record.environment = {**record.environment, "run_id": run_id}
     return write_json_atomic(record.to_dict(), paths.results_dir(record.target) / f"{record.name}.json")
 
 
@@ -123,18 +128,47 @@ def read_record(path: str | Path) -> Record:
     return Record.from_dict(json.loads(Path(path).read_text()))
 
 
+def incomplete_run(record: Record, manifests: dict) -> str | None:
+    """Why `record` comes from a chapter run that did not complete (None when it does not): its
+    run id is neither the chapter's last complete run (runs/<notebook>.json) nor this process's own
+    run. Records written outside `optlib run` (no run id) stand as they are."""
+    rid = (record.environment or {}).get("run_id")
+    if not rid or rid == os.environ.get(manifest.RUN_ID_ENV):
+        return None
+    if record.notebook not in manifests:
+        manifests[record.notebook] = manifest.read_manifest(record.target, record.notebook)
+    m = manifests[record.notebook]
+    if m is None or rid == m.get("complete_run_id"):
+        return None
+    if rid == m.get("run_id"):
+        state = {"running": f"still running, or stopped (pid {m.get('pid')})",
+                 "failed": f"failed: {m.get('error')}"}.get(m.get("status"), m.get("status"))
+    else:
+        state = "superseded by a later run"
+    return (f"from an incomplete run of {record.notebook} (run {rid}, {state}); "
+            f"`python -m optlib run --target {record.target} --notebooks {record.notebook.split('_')[0]}` redoes it")
+
+
 def load_records(target: str) -> list[Record]:
     """Every record of a target, sorted by name. A file that is not a valid record of this schema
     becomes a `failed` record whose reason names the file and what is wrong, so one bad file hides
-    nothing and stops nothing."""
+    nothing and stops nothing; so does a record from a chapter run that did not complete
+    (incomplete_run; its own status is kept in extra["status_in_file"])."""
     out = []
     d = paths.results_dir(target)
     if not d.is_dir():
         return out
+    manifests: dict = {}
     for p in sorted(d.glob("*.json")):
         try:
-            out.append(read_record(p))
+            rec = read_record(p)
         except Exception as e:
             out.append(Record(target=target, notebook="?", name=p.stem, technique="?", backend="?",
                               precision="?", status="failed", reason=f"{p}: unreadable record ({e})"))
+            continue
+        why = incomplete_run(rec, manifests)
+        if why:
+            rec.extra = {**rec.extra, "status_in_file": rec.status, "reason_in_file": rec.reason}
+            rec.status, rec.reason = "failed", why
+        out.append(rec)
     return out

@@ -21,7 +21,7 @@ import pandas as pd
 from ..core import paths
 from ..core.io import json_safe, write_text_atomic
 from . import final_round
-from .compare import across_targets, fmt_ci, operating_point_columns, training_memory_table
+from .compare import across_targets, contended, fmt_ci, operating_point_columns, training_memory_table
 from .records import Record, load_records
 from .values import to_plain
 
@@ -60,6 +60,10 @@ def comparison_table(records: list[Record], reference: str = REFERENCE) -> pd.Da
                 row["accuracy_change"] = 0.0
             if r.memory is not None:
                 row["peak_memory_mb"] = r.memory.peak_bytes / 1e6
+            load = r.extra.get("load") or {}
+            if load.get("measured"):
+                row["other_cpu_cores"] = load["other_cpu_cores"]
+            row["contended"] = contended(r)
         if r.size_bytes:
             row["size_mb"] = r.size_bytes / 1e6
         rows.append(row)
@@ -69,17 +73,25 @@ def comparison_table(records: list[Record], reference: str = REFERENCE) -> pd.Da
     return df.reset_index(drop=True)
 
 
-def write_tables(df: pd.DataFrame, target: str) -> dict[str, Path]:
+def save_table(df: pd.DataFrame, target: str, name: str, index: bool = False, short: pd.DataFrame | None = None,
+               formats: tuple[str, ...] = ("csv", "tex", "md")) -> dict[str, Path]:
+    """outputs/<target>/tables/<name>.csv (every column of `df`), .tex (LaTeX booktabs) and .md;
+    the LaTeX and Markdown versions show `short` when given (a page-wide selection)."""
     out_dir = paths.target_dir(target) / "tables"
-    written = {"csv": out_dir / "comparison.csv", "tex": out_dir / "comparison.tex",
-               "md": out_dir / "comparison.md"}
+    short = df if short is None else short
+    text = {"csv": lambda: df.to_csv(index=index),
+            "tex": lambda: short.to_latex(index=index, float_format="%.3f", na_rep="--"),
+            "md": lambda: short.to_markdown(index=index, floatfmt=".3f")}
+    return {f"{name}_{fmt}": write_text_atomic(text[fmt](), out_dir / f"{name}.{fmt}") for fmt in formats}
+
+
+def write_tables(df: pd.DataFrame, target: str) -> dict[str, Path]:
+    """tables/comparison.*: every record's columns in the CSV, the measured ones' main columns in
+    the LaTeX and Markdown tables."""
     cols = [c for c in ("name", "precision", "kernels", "latency_ms", "latency_ci95_ms", "p95_ms", "speedup",
                         "speedup_ci95", "size_mb", "accuracy", "accuracy_change", "flips") if c in df.columns]
     ok = df[df["status"] == "ok"][cols] if "status" in df else df[cols]
-    write_text_atomic(df.to_csv(index=False), written["csv"])
-    write_text_atomic(ok.to_latex(index=False, float_format="%.3f", na_rep="--"), written["tex"])
-    write_text_atomic(ok.to_markdown(index=False, floatfmt=".3f"), written["md"])
-    return written
+    return save_table(df, target, "comparison", short=ok)
 
 
 def _fig_to_base64(fig) -> str:
@@ -89,7 +101,8 @@ def _fig_to_base64(fig) -> str:
 
 
 CHAPTER_COLUMNS = ("name", "precision", "kernels", "threads", "latency_ms", "latency_ci95_ms", "speedup", "speedup_ci95",
-                   "images_per_s", "size_mb", "accuracy", "accuracy_change", "accuracy_change_ci95", "flips")
+                   "images_per_s", "size_mb", "accuracy", "accuracy_change", "accuracy_change_ci95", "flips",
+                   "contended")  # contended: only where a record was timed on a busy machine
 HTML_TABLE = dict(float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp")
 
 
@@ -125,8 +138,7 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
     training = training_memory_table(records)
     training_ctx = None
     if not training.empty:
-        tables["training_csv"] = write_text_atomic(training.to_csv(index=False),
-                                                   paths.target_dir(target) / "tables" / "training_memory.csv")
+        tables.update(save_table(training, target, "training_memory", formats=("csv",)))
         training_ctx = {"table": training.to_html(index=False, **HTML_TABLE),
                         "image": _fig_to_base64(training_memory([r for r in ok if r.technique == "training-memory"]))}
     across = across_targets()
@@ -134,10 +146,7 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
     if not across.empty and across["target"].nunique() >= 2:
         from .figures import across_targets as across_figure
 
-        out_dir = paths.target_dir(target) / "tables"
-        tables["across_csv"] = write_text_atomic(across.to_csv(index=False), out_dir / "across_targets.csv")
-        tables["across_tex"] = write_text_atomic(across.to_latex(index=False, float_format="%.3f", na_rep="--"),
-                                                 out_dir / "across_targets.tex")
+        tables.update(save_table(across, target, "across_targets"))
         fig = across_figure(across)
         fig.savefig(paths.figures_dir(target) / "across_targets.png", dpi=110)
         fig.savefig(paths.figures_dir(target) / "across_targets.svg")
@@ -192,13 +201,8 @@ def _final_context(final: dict[str, Record], target: str, tables: dict) -> dict 
         return None
     if not ref.ok:
         return {"error": str(ref.reason)}
-    out_dir = paths.target_dir(target) / "tables"
-
     def thesis_table(df: pd.DataFrame, name: str, index: bool = True) -> str:  # CSV, LaTeX booktabs, Markdown
-        tables[f"{name}_csv"] = write_text_atomic(df.to_csv(index=index), out_dir / f"{name}.csv")
-        tables[f"{name}_tex"] = write_text_atomic(df.to_latex(index=index, float_format="%.3f", na_rep="--"),
-                                                  out_dir / f"{name}.tex")
-        tables[f"{name}_md"] = write_text_atomic(df.to_markdown(index=index, floatfmt=".3f"), out_dir / f"{name}.md")
+        tables.update(save_table(df, target, name, index=index))
         return df.to_html(index=index, **HTML_TABLE)
 
     def figure(fig, name: str) -> str:  # PNG for the page and beside it, SVG for a thesis
