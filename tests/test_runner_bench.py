@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from optlib.measurement import timing
+from optlib.measurement.stats import trials_in_common
 from optlib.workload.data import PreprocessSpec, preprocess
 from optlib.measurement.experiment import stage_split_error
 from optlib.core.params import BenchParams
@@ -106,3 +107,90 @@ def test_placed_copies_model_and_parts_together_and_leaves_the_callers_alone():
     with torch.no_grad():
         np.testing.assert_allclose(p2[1](p2[0](x.to(memory_format=torch.channels_last))).numpy(), model(x).numpy(),
                                    atol=1e-5)
+
+
+class _Clock:
+    """A fake perf_counter_ns that only the fake runners advance: timing without timings."""
+
+    def __init__(self):
+        self.ns = 0
+
+    def __call__(self):
+        return self.ns
+
+
+class _FakeRunner:
+    """Each call costs `cost_ms(calls so far)` per image on the fake clock."""
+    backend, device = "fake", "cpu"
+
+    def __init__(self, name, clock, cost_ms):
+        self.name, self.clock, self.cost_ms, self.calls = name, clock, cost_ms, 0
+
+    def activate(self):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def _spend(self, n_images, share=1.0):
+        self.clock.ns += int(share * self.cost_ms(self.calls) * n_images * 1e6)
+
+    def preprocess(self, batch):
+        self._spend(len(batch), 0.1)
+        return batch
+
+    def extract_features(self, x):
+        self._spend(len(x), 0.8)
+        return x
+
+    def classify(self, f):
+        self._spend(len(f), 0.1)
+        return f
+
+    def predict(self, batch):
+        self.calls += 1
+        self._spend(len(batch))
+        return batch
+
+
+def test_adaptive_stopping_lets_a_steady_configuration_go_at_min_trials_and_keeps_a_noisy_one(monkeypatch, images):
+    clock = _Clock()
+    monkeypatch.setattr(timing.time, "perf_counter_ns", clock)
+    rng = np.random.default_rng(0)
+    drift = np.exp(rng.normal(0.0, 0.3, size=10_000))  # the noisy one's speed moves ~30% every 8 calls
+    steady = _FakeRunner("steady", clock, lambda i: 2.0 * (1 + 0.001 * rng.random()))
+    noisy = _FakeRunner("noisy", clock, lambda i: drift[i // 8])
+    bench = BenchParams(warmup=2, samples=16, trials=12, min_trials=5, stop_ci_width=0.05, batch_sizes=[1, 4],
+                        threads=1, settle_s=0.0)
+    lat = timing.latency([steady, noisy], images, bench, progress=False)
+    thr = timing.throughput([steady, noisy], images, bench, progress=False)
+    for name, expected in (("steady", 5), ("noisy", 12)):
+        assert {len(lat[name][s]) for s in timing.STAGES} == {expected}
+        assert {len(thr[bs][name]) for bs in (1, 4)} == {expected}
+    # the rule's measure against the data: the steady runner's trial medians lie within 0.1% of each
+    # other, and no percentile interval of their median can be wider than their range
+    medians = [np.median(t) for t in lat["steady"]["total"]]
+    assert timing.ci_width(lat["steady"]["total"]) <= (max(medians) - min(medians)) / np.median(medians) <= 0.0021
+    assert timing.ci_width(lat["noisy"]["total"]) > 0.05
+    # the trials both ran pair up: the steady one's 5 with the noisy one's first 5
+    a, b = trials_in_common(lat["noisy"]["total"], lat["steady"]["total"])
+    assert len(a) == len(b) == 5 and a[4] is lat["noisy"]["total"][4]
+    # without a width every configuration runs the full count
+    fixed = BenchParams(**{**vars(bench), "stop_ci_width": 0.0})
+    again = timing.latency([steady, noisy], images, fixed, progress=False)
+    assert [len(again[n]["total"]) for n in ("steady", "noisy")] == [12, 12]
+    assert timing.stopping_rule(fixed) == "fixed: 12 trials" and "5 to 12 trials" in timing.stopping_rule(bench)
+
+
+def test_throughput_warm_up_counts_images_not_batches(monkeypatch, images):
+    clock = _Clock()
+    monkeypatch.setattr(timing.time, "perf_counter_ns", clock)
+    runners = [_FakeRunner("a", clock, lambda i: 1.0)]
+    bench = BenchParams(warmup=10, samples=40, trials=1, batch_sizes=[4, 32], threads=1, settle_s=0.0)
+    calls = []
+    for bs in (4, 32):
+        before = runners[0].calls
+        thr = timing.throughput(runners, images, bench, batch_sizes=[bs], progress=False)
+        timed = len(thr[bs]["a"][0])
+        calls.append((runners[0].calls - before - timed, timed))
+    assert calls == [(3, 10), (1, 5)]  # ceil(10 / 4) and ceil(10 / 32) warm-up batches; 40 // 4 and max(5, 1) timed

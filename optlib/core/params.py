@@ -132,7 +132,12 @@ class BenchParams(_Traced):
     # and speed-ups are per-trial ratios of adjacent blocks (measurement.stats.paired_ratio), so
     # the variance lives between trials. 20 x 175 = 3500 calls, enough for a trusted pooled p99.
     samples: int = 175  # timed calls per trial
-    trials: int = 20  # repeated blocks; the headline is the median of trial medians
+    trials: int = 20  # repeated blocks, at most; the headline is the median of trial medians
+    # Adaptive stopping (measurement.timing.done): after min_trials, a configuration stops being
+    # timed once its 95% interval of its median is narrower than this fraction of the median (0:
+    # always `trials`). Each record keeps the rule and the trials it got.
+    stop_ci_width: float = 0.0
+    min_trials: int = 5  # from 5 trials on, intervals resample trials (measurement.stats.TRIAL_LEVEL_MIN)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     threads: int = 2
     settle_s: float = 0.5  # pause before a timed block that follows another runtime's block
@@ -453,9 +458,12 @@ def _validate(p: Params, source: str) -> Params:
             fail(f"data.{key}", f"must be strictly between 0 and 1, got {getattr(p.data, key)}")
     if p.model.head is not None and not all(part.isidentifier() for part in p.model.head.split(".")):
         fail("model.head", f"must be a dotted attribute path such as classifier or net.fc, got {p.model.head!r}")
-    for key in ("samples", "trials", "threads", "eval_batch_size"):
+    for key in ("samples", "trials", "min_trials", "threads", "eval_batch_size"):
         if getattr(p.bench, key) < 1:
             fail(f"bench.{key}", "must be at least 1")
+    if not 0 <= p.bench.stop_ci_width < 1:
+        fail("bench.stop_ci_width", f"must be a fraction of the median in [0, 1) (0: a fixed number of trials), "
+             f"got {p.bench.stop_ci_width}")
     if p.bench.contention_cores <= 0 or p.bench.wait_for_quiet_s < 0:
         fail("bench.contention_cores" if p.bench.contention_cores <= 0 else "bench.wait_for_quiet_s",
              "must be positive (contention_cores) or zero or more (wait_for_quiet_s)")

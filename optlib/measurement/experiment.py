@@ -25,7 +25,7 @@ from ..workload.outputs import Outputs
 from . import gpu_telemetry, load, timing
 from .memory import MemoryMeasurementError, measure_memory
 from .metrics import classification_metrics, fidelity
-from .stats import independent_ratio, paired_ratio, summarize
+from .stats import independent_ratio, paired_ratio, summarize, trials_in_common
 
 
 @dataclass
@@ -107,11 +107,16 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
         if params.bench.wait_for_quiet_s > 0 else None
     monitor = load.LoadMonitor(params.bench.contention_cores)
     lat = timing.latency(timed, images, params.bench, batch_size=latency_bs, progress=progress, monitor=monitor)
+    totals = {n: stages["total"] for n, stages in lat.items()}
     telemetry: dict = {}
     sampler = gpu_telemetry.nvml_sampler_factory() if params.device == "cuda" else None
-    thr = timing.throughput(timed, images, params.bench, progress=progress, telemetry=sampler, telemetry_out=telemetry,
-                            monitor=monitor)
-    totals = {n: stages["total"] for n, stages in lat.items()}
+    # At the latency batch size the throughput is the latency's own full-graph pass (the same calls
+    # in blocks of `samples`), not timed again; with GPU telemetry it is, to sample those blocks.
+    thr_sizes = [bs for bs in params.bench.batch_sizes if sampler is not None or bs != latency_bs]
+    thr = timing.throughput(timed, images, params.bench, batch_sizes=thr_sizes, progress=progress, telemetry=sampler,
+                            telemetry_out=telemetry, monitor=monitor) if thr_sizes else {}
+    if latency_bs not in thr:
+        thr = {latency_bs: totals, **thr}
     by_metric = [("latency", latency_bs, totals)] + [("throughput", bs, s) for bs, s in thr.items()]
 
     environment = env.environment(params.hash())
@@ -128,7 +133,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
         nf = None
         if twin is not None and r.name == reference:
             twin_logits = evaluate(twin, images, params.bench.eval_batch_size)
-            nf = NoiseFloor(twin.name, paired_ratio(totals[r.name], totals[twin.name], reference=r.name),
+            nf = NoiseFloor(twin.name, paired_ratio(*trials_in_common(totals[r.name], totals[twin.name]), reference=r.name),
                             independent_ratio(totals[r.name], totals[twin.name], reference=r.name),
                             float(np.abs(twin_logits - logits[r.name]).max()),
                             int((outputs.predict(twin_logits) != outputs.predict(logits[r.name])).sum()))
@@ -151,7 +156,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             backend=r.backend, precision=r.precision, status="ok",
             device=env.device_info(r.device, r.threads), batch_size=latency_bs,
             latency_ms={stage: summarize(v) for stage, v in lat[r.name].items()}, throughput=throughput,
-            speedups=[paired_ratio(s[ref], s[r.name], reference=ref, metric=metric, batch_size=bs)
+            speedups=[paired_ratio(*trials_in_common(s[ref], s[r.name]), reference=ref, metric=metric, batch_size=bs)
                       for metric, bs, s in by_metric for ref in speedups_against],
             noise_floor=nf, size_bytes=r.size_bytes, memory=memory,
             accuracy=classification_metrics(logits[r.name], labels, class_names, outputs, operating),
@@ -161,6 +166,8 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             environment=environment,
             extra={"stage_split": r.stage_split, "stage_split_max_abs_diff": stage_split_error(r, images),
                    "eval_seconds": eval_s[r.name], "bench": vars(params.bench),
+                   "stopping": {"rule": timing.stopping_rule(params.bench), "latency_trials": len(totals[r.name]),
+                                "throughput_trials": {str(bs): len(s[r.name]) for bs, s in thr.items()}},
                    "load": {**monitor.summary(r.name), **({"wait_for_quiet": quiet} if quiet else {})},
                    **({"dataset": data_summary} if data_summary else {}),
                    **({"memory_not_measured": memory_note} if memory_note else {}),

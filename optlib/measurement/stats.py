@@ -128,6 +128,13 @@ def summarize(trials_ms) -> LatencySummary:
     )
 
 
+def trials_in_common(reference_ms: list, candidate_ms: list) -> tuple[list, list]:
+    """The trials both sides ran: with adaptive stopping (measurement.timing) a configuration that
+    stopped early has only the first trials of the rounds, so pairs are the common first ones."""
+    n = min(len(reference_ms), len(candidate_ms))
+    return list(reference_ms[:n]), list(candidate_ms[:n])
+
+
 def paired_ratio(reference_ms, candidate_ms, reference: str = "", metric: str = "latency",
                  batch_size: int | None = None, seed: int = 0) -> Ratio:
     """Speed-up of `candidate` over `reference` from blocks timed in the same trials.

@@ -10,6 +10,12 @@ Method:
   trial times every configuration in adjacent blocks: speed-ups are per-trial ratios
   (measurement.stats.paired_ratio); a settle pause of `settle_s` precedes a block that follows
   another backend's block;
+- adaptive stopping (`bench.stop_ci_width`): after `bench.min_trials` trials, a configuration
+  leaves the rounds once its 95% interval of its median (the median of trial medians,
+  measurement.stats) is narrower than that fraction of the median, and after `bench.trials` in any
+  case; the others go on, so a quiet configuration does not pay for a noisy one's precision. Trial
+  t is still one round of adjacent blocks for every configuration that ran it: a speed-up pairs
+  the trials both sides ran (measurement.stats.trials_in_common);
 - a monotonic nanosecond clock (time.perf_counter_ns), device synchronisation after every stage
   on CUDA;
 - stages: preprocessing, feature_extraction, classification (one pass), and total: the single
@@ -18,6 +24,7 @@ Method:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import numpy as np
@@ -25,6 +32,7 @@ import numpy as np
 from ..backends.base import Runner
 from ..core.params import BenchParams
 from .load import LoadMonitor
+from .stats import median_of_trial_medians_ci
 
 STAGES = ("preprocessing", "feature_extraction", "classification", "total")
 
@@ -72,6 +80,31 @@ class _Settler:
         self.previous = runner.backend
 
 
+def ci_width(trials: list[np.ndarray]) -> float:
+    """The relative 95% interval, (high - low) / median, of the median of trial medians (inf with
+    no trial yet)."""
+    if not trials:
+        return math.inf
+    median, (lo, hi), _ = median_of_trial_medians_ci(trials)
+    return (hi - lo) / median if median > 0 else math.inf
+
+
+def done(trials: list[np.ndarray], bench: BenchParams) -> bool:
+    """The adaptive stopping rule for one configuration after a trial: `bench.trials` reached, or
+    at least `bench.min_trials` run and its interval narrower than `bench.stop_ci_width`."""
+    if len(trials) >= bench.trials:
+        return True
+    return bench.stop_ci_width > 0 and len(trials) >= bench.min_trials and ci_width(trials) <= bench.stop_ci_width
+
+
+def stopping_rule(bench: BenchParams) -> str:
+    """The rule `latency` and `throughput` followed, in words (for the records)."""
+    if bench.stop_ci_width <= 0:
+        return f"fixed: {bench.trials} trials"
+    return (f"adaptive: {bench.min_trials} to {bench.trials} trials, a configuration stopping once its 95% interval "
+            f"of its median is narrower than {bench.stop_ci_width:.1%} of the median")
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -85,14 +118,16 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
     processes' CPU use over each timed block (measurement.load).
 
     Returns {runner.name: {stage: [one array of `samples` values per trial]}} for the stages in
-    STAGES; trial t of every runner comes from the same round of adjacent blocks.
+    STAGES; trial t of every runner comes from the same round of adjacent blocks (a runner the
+    stopping rule let go has fewer trials, the first ones).
     """
     samples: dict[str, dict[str, list[np.ndarray]]] = {r.name: {s: [] for s in STAGES} for r in runners}
     total_calls = bench.trials * len(runners) * (bench.samples + bench.warmup)
     settler = _Settler(bench.settle_s)
+    active = list(runners)
     with _progress(total_calls, f"latency bs={batch_size}", progress) as bar:
         for trial in range(bench.trials):
-            for r in _alternating(runners, trial):
+            for r in _alternating(active, trial):
                 settler.before(r)
                 for i in range(bench.warmup):
                     _time_stages_once(r, _batch_at(images, i, batch_size))
@@ -104,6 +139,9 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
                         bar.update()
                 for j, stage in enumerate(STAGES):
                     samples[r.name][stage].append(block[:, j] / 1e6)
+            active = [r for r in active if not done(samples[r.name]["total"], bench)]
+            if not active:
+                break
     return samples
 
 
@@ -113,8 +151,10 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
                monitor: LoadMonitor | None = None) -> dict[int, dict[str, list[np.ndarray]]]:
     """Batch latency samples (ms) of the full graph at each batch size.
 
-    For every batch size, each runner runs `trials` alternating blocks of max(5, samples //
-    batch_size) batches. Returns {batch_size: {runner.name: [one array per trial]}}; images per
+    For every batch size, each runner runs alternating blocks of max(5, samples // batch_size)
+    batches (up to `trials` of them, fewer by the stopping rule, as in `latency`), each after ceil(warmup /
+    batch_size) untimed batches: warm-up counts images, so a large batch is not warmed up for as
+    long as it is timed. Returns {batch_size: {runner.name: [one array per trial]}}; images per
     second follow as batch_size / median batch latency (measurement.experiment). With `telemetry`
     (a function returning a fresh measurement.gpu_telemetry.Sampler), each timed block of a GPU
     runner is sampled and its Telemetry appended to telemetry_out[batch_size][runner.name].
@@ -122,12 +162,13 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
     out: dict[int, dict[str, list[np.ndarray]]] = {}
     for bs in batch_sizes or bench.batch_sizes:
         n = max(5, bench.samples // bs)
-        warm = max(1, min(bench.warmup, n))
+        warm = max(1, min(n, math.ceil(bench.warmup / bs)))
         per_runner: dict[str, list[np.ndarray]] = {r.name: [] for r in runners}
         settler = _Settler(bench.settle_s)
         with _progress(bench.trials * len(runners) * (n + warm), f"throughput bs={bs}", progress) as bar:
+            active = list(runners)
             for trial in range(bench.trials):
-                for r in _alternating(runners, trial):
+                for r in _alternating(active, trial):
                     settler.before(r)
                     for i in range(warm):
                         r.predict(_batch_at(images, i, bs))
@@ -145,5 +186,8 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
                     if sampler is not None and telemetry_out is not None:
                         telemetry_out.setdefault(bs, {}).setdefault(r.name, []).append(sampler.stop(images=n * bs))
                     per_runner[r.name].append(block)
+                active = [r for r in active if not done(per_runner[r.name], bench)]
+                if not active:
+                    break
         out[bs] = per_runner
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..measurement.stats import paired_ratio
+from ..measurement.stats import paired_ratio, trials_in_common
 from .records import Record
 
 
@@ -154,7 +154,8 @@ def fastest_within_budget(records: dict[str, Record], max_accuracy_drop: float,
 def same_run_ratio(latency_samples: dict, reference: str, candidate: str):
     """The paired latency ratio reference / candidate from one measure call's raw samples
     (measurement.experiment.Measurement.latency_samples): > 1 when the candidate is faster."""
-    return paired_ratio(latency_samples[reference]["total"], latency_samples[candidate]["total"], reference=reference)
+    return paired_ratio(*trials_in_common(latency_samples[reference]["total"], latency_samples[candidate]["total"]),
+                        reference=reference)
 
 
 def indistinguishable(latency_samples: dict, best: str, candidates: list[str]) -> list[str]:
