@@ -215,7 +215,8 @@ def test_cli_bad_params_is_one_clear_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [f"error: {f}: unknown key 'bench.sampels' (known keys: "
                                              "batch_sizes, contention_cores, eval_batch_size, memory, min_trials, samples, "
-                                             "settle_s, stop_ci_width, threads, trials, wait_for_quiet_s, warmup)"]
+                                             "settle_s, stage_every, stop_ci_width, threads, trials, wait_for_quiet_s, "
+                                             "warmup)"]
 
 
 def test_single_logit_custom_head_lightning_model_end_to_end(tmp_path):

@@ -175,11 +175,35 @@ def test_adaptive_stopping_lets_a_steady_configuration_go_at_min_trials_and_keep
     # the trials both ran pair up: the steady one's 5 with the noisy one's first 5
     a, b = trials_in_common(lat["noisy"]["total"], lat["steady"]["total"])
     assert len(a) == len(b) == 5 and a[4] is lat["noisy"]["total"][4]
+    # a reference goes on while anything paired with it does: here the steady one, for the noisy one
+    paired = timing.latency([steady, noisy], images, bench, progress=False, references=["steady"])
+    assert [len(paired[n]["total"]) for n in ("steady", "noisy")] == [12, 12]
+    # a steady configuration against a steady reference stops at min_trials even while a noisy one
+    # keeps the reference going; against the noisy one as reference its speed-up is never narrow
+    other = _FakeRunner("other", clock, lambda i: 1.0 * (1 + 0.001 * rng.random()))
+    lat3 = timing.latency([steady, other, noisy], images, bench, progress=False, references=["steady"])
+    assert [len(lat3[n]["total"]) for n in ("steady", "other", "noisy")] == [12, 5, 12]
+    lat3 = timing.latency([noisy, other], images, bench, progress=False, references=["noisy"])
+    assert [len(lat3[n]["total"]) for n in ("noisy", "other")] == [12, 12]
+    assert timing.ratio_ci_width(lat3["noisy"]["total"], lat3["other"]["total"]) > 0.05
     # without a width every configuration runs the full count
     fixed = BenchParams(**{**vars(bench), "stop_ci_width": 0.0})
     again = timing.latency([steady, noisy], images, fixed, progress=False)
     assert [len(again[n]["total"]) for n in ("steady", "noisy")] == [12, 12]
     assert timing.stopping_rule(fixed) == "fixed: 12 trials" and "5 to 12 trials" in timing.stopping_rule(bench)
+
+
+def test_stages_on_every_kth_call_and_the_total_on_every_call(monkeypatch, images):
+    clock = _Clock()
+    monkeypatch.setattr(timing.time, "perf_counter_ns", clock)
+    r = _FakeRunner("a", clock, lambda i: 2.0)
+    bench = BenchParams(warmup=1, samples=10, trials=2, stage_every=4, batch_sizes=[1], threads=1, settle_s=0.0)
+    lat = timing.latency([r], images, bench, progress=False)["a"]
+    assert [len(t) for t in lat["total"]] == [10, 10]
+    assert [len(t) for s in ("preprocessing", "feature_extraction", "classification") for t in lat[s]] == [3] * 6
+    # the fake clock's shares (0.1, 0.8, 0.1 of the full call) come back exactly, total 2 ms
+    np.testing.assert_allclose([lat[s][0][0] for s in timing.STAGES], [0.2, 1.6, 0.2, 2.0])
+    assert np.all(np.concatenate(lat["total"]) == 2.0)
 
 
 def test_throughput_warm_up_counts_images_not_batches(monkeypatch, images):

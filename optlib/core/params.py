@@ -133,11 +133,13 @@ class BenchParams(_Traced):
     # the variance lives between trials. 20 x 175 = 3500 calls, enough for a trusted pooled p99.
     samples: int = 175  # timed calls per trial
     trials: int = 20  # repeated blocks, at most; the headline is the median of trial medians
-    # Adaptive stopping (measurement.timing.done): after min_trials, a configuration stops being
-    # timed once its 95% interval of its median is narrower than this fraction of the median (0:
-    # always `trials`). Each record keeps the rule and the trials it got.
+    # Adaptive stopping (measurement.timing.still_timed): after min_trials, a configuration stops
+    # being timed once the 95% intervals of its median and of its speed-ups against the references
+    # are narrower than this fraction of their values (0: always `trials`). Each record keeps the
+    # rule and the trials it got.
     stop_ci_width: float = 0.0
     min_trials: int = 5  # from 5 trials on, intervals resample trials (measurement.stats.TRIAL_LEVEL_MIN)
+    stage_every: int = 1  # every call times the full graph; every stage_every-th call the stages too
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     threads: int = 2
     settle_s: float = 0.5  # pause before a timed block that follows another runtime's block
@@ -458,7 +460,7 @@ def _validate(p: Params, source: str) -> Params:
             fail(f"data.{key}", f"must be strictly between 0 and 1, got {getattr(p.data, key)}")
     if p.model.head is not None and not all(part.isidentifier() for part in p.model.head.split(".")):
         fail("model.head", f"must be a dotted attribute path such as classifier or net.fc, got {p.model.head!r}")
-    for key in ("samples", "trials", "min_trials", "threads", "eval_batch_size"):
+    for key in ("samples", "trials", "min_trials", "stage_every", "threads", "eval_batch_size"):
         if getattr(p.bench, key) < 1:
             fail(f"bench.{key}", "must be at least 1")
     if not 0 <= p.bench.stop_ci_width < 1:

@@ -106,7 +106,9 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
     quiet = load.wait_for_quiet(params.bench.contention_cores, params.bench.wait_for_quiet_s) \
         if params.bench.wait_for_quiet_s > 0 else None
     monitor = load.LoadMonitor(params.bench.contention_cores)
-    lat = timing.latency(timed, images, params.bench, batch_size=latency_bs, progress=progress, monitor=monitor)
+    paired_with = list(dict.fromkeys(speedups_against + ([reference] if noise_floor else [])))
+    lat = timing.latency(timed, images, params.bench, batch_size=latency_bs, progress=progress, monitor=monitor,
+                         references=paired_with)
     totals = {n: stages["total"] for n, stages in lat.items()}
     telemetry: dict = {}
     sampler = gpu_telemetry.nvml_sampler_factory() if params.device == "cuda" else None
@@ -114,7 +116,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
     # in blocks of `samples`), not timed again; with GPU telemetry it is, to sample those blocks.
     thr_sizes = [bs for bs in params.bench.batch_sizes if sampler is not None or bs != latency_bs]
     thr = timing.throughput(timed, images, params.bench, batch_sizes=thr_sizes, progress=progress, telemetry=sampler,
-                            telemetry_out=telemetry, monitor=monitor) if thr_sizes else {}
+                            telemetry_out=telemetry, monitor=monitor, references=paired_with) if thr_sizes else {}
     if latency_bs not in thr:
         thr = {latency_bs: totals, **thr}
     by_metric = [("latency", latency_bs, totals)] + [("throughput", bs, s) for bs, s in thr.items()]

@@ -10,16 +10,19 @@ Method:
   trial times every configuration in adjacent blocks: speed-ups are per-trial ratios
   (measurement.stats.paired_ratio); a settle pause of `settle_s` precedes a block that follows
   another backend's block;
-- adaptive stopping (`bench.stop_ci_width`): after `bench.min_trials` trials, a configuration
-  leaves the rounds once its 95% interval of its median (the median of trial medians,
-  measurement.stats) is narrower than that fraction of the median, and after `bench.trials` in any
-  case; the others go on, so a quiet configuration does not pay for a noisy one's precision. Trial
-  t is still one round of adjacent blocks for every configuration that ran it: a speed-up pairs
-  the trials both sides ran (measurement.stats.trials_in_common);
+- adaptive stopping (`bench.stop_ci_width`, `still_timed`): after `bench.min_trials` trials, a
+  configuration leaves the rounds once the 95% intervals of its median (the median of trial
+  medians, measurement.stats) and of its speed-ups against the references are narrower than that
+  fraction of their values, and after `bench.trials` in any case; the others go on, so a quiet
+  configuration does not pay for a noisy one's precision, and the references go on while anything
+  is still paired with them. Trial t is one round of adjacent blocks for every configuration that
+  ran it: a speed-up pairs the trials both sides ran (measurement.stats.trials_in_common);
 - a monotonic nanosecond clock (time.perf_counter_ns), device synchronisation after every stage
   on CUDA;
 - stages: preprocessing, feature_extraction, classification (one pass), and total: the single
-  full graph timed on its own pass, so the split costs nothing in the headline number.
+  full graph timed on its own pass, so the split costs nothing in the headline number; every call
+  times the total, every `bench.stage_every`-th call the stages too (the split is a breakdown, the
+  total the headline).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import numpy as np
 from ..backends.base import Runner
 from ..core.params import BenchParams
 from .load import LoadMonitor
-from .stats import median_of_trial_medians_ci
+from .stats import median_of_trial_medians_ci, paired_ratio, trials_in_common
 
 STAGES = ("preprocessing", "feature_extraction", "classification", "total")
 
@@ -43,6 +46,13 @@ def _batch_at(images: list[np.ndarray], i: int, batch_size: int) -> list[np.ndar
     start = (i * batch_size) % n
     idx = [(start + j) % n for j in range(batch_size)]
     return [images[j] for j in idx]
+
+
+def _time_total_once(runner: Runner, batch) -> tuple[int, int, int, int]:
+    t0 = time.perf_counter_ns()
+    runner.predict(batch)
+    runner.synchronize()
+    return -1, -1, -1, time.perf_counter_ns() - t0
 
 
 def _time_stages_once(runner: Runner, batch) -> tuple[int, int, int, int]:
@@ -89,20 +99,44 @@ def ci_width(trials: list[np.ndarray]) -> float:
     return (hi - lo) / median if median > 0 else math.inf
 
 
-def done(trials: list[np.ndarray], bench: BenchParams) -> bool:
-    """The adaptive stopping rule for one configuration after a trial: `bench.trials` reached, or
-    at least `bench.min_trials` run and its interval narrower than `bench.stop_ci_width`."""
-    if len(trials) >= bench.trials:
-        return True
-    return bench.stop_ci_width > 0 and len(trials) >= bench.min_trials and ci_width(trials) <= bench.stop_ci_width
+def ratio_ci_width(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """The relative 95% interval of the paired speed-up over the trials both ran."""
+    r = paired_ratio(*trials_in_common(reference, candidate))
+    return (r.ci95[1] - r.ci95[0]) / r.value
+
+
+def still_timed(active: list[Runner], trials_of: dict[str, list[np.ndarray]], bench: BenchParams,
+                references=()) -> list[Runner]:
+    """The adaptive stopping rule after a trial: the runners that go on.
+
+    A runner is done after `bench.trials` trials, or (with `bench.stop_ci_width`) after at least
+    `bench.min_trials` once its median's 95% interval and the intervals of its speed-ups against the
+    `references` are narrower than that fraction of their values. A reference goes on while any
+    other runner does: a speed-up needs both sides in the same trials.
+    """
+    refs = [n for n in references if n in trials_of]
+
+    def settled(name: str) -> bool:
+        t = trials_of[name]
+        if len(t) >= bench.trials:
+            return True
+        if bench.stop_ci_width <= 0 or len(t) < bench.min_trials or ci_width(t) > bench.stop_ci_width:
+            return False
+        return all(ratio_ci_width(trials_of[ref], t) <= bench.stop_ci_width for ref in refs if ref != name)
+
+    going = [r for r in active if not settled(r.name)]
+    if any(r.name not in refs for r in going):
+        going = [r for r in active if r in going or r.name in refs]
+    return going
 
 
 def stopping_rule(bench: BenchParams) -> str:
     """The rule `latency` and `throughput` followed, in words (for the records)."""
     if bench.stop_ci_width <= 0:
         return f"fixed: {bench.trials} trials"
-    return (f"adaptive: {bench.min_trials} to {bench.trials} trials, a configuration stopping once its 95% interval "
-            f"of its median is narrower than {bench.stop_ci_width:.1%} of the median")
+    return (f"adaptive: {bench.min_trials} to {bench.trials} trials; a configuration stops once the 95% intervals of "
+            f"its median and of its speed-ups against the references are narrower than {bench.stop_ci_width:.1%} of "
+            "their values, a reference once no other configuration goes on")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -113,9 +147,12 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams, batch_size: int = 1,
-            progress: bool = True, monitor: LoadMonitor | None = None) -> dict[str, dict[str, list[np.ndarray]]]:
+            progress: bool = True, monitor: LoadMonitor | None = None,
+            references: tuple[str, ...] | list[str] = ()) -> dict[str, dict[str, list[np.ndarray]]]:
     """Per-stage latency samples (ms) of each runner at `batch_size`; `monitor` notes other
-    processes' CPU use over each timed block (measurement.load).
+    processes' CPU use over each timed block (measurement.load); `references`: the runners the
+    others' speed-ups are taken against (the stopping rule, `still_timed`). Every call times the
+    full graph (`total`); every `bench.stage_every`-th call also times the stages before it.
 
     Returns {runner.name: {stage: [one array of `samples` values per trial]}} for the stages in
     STAGES; trial t of every runner comes from the same round of adjacent blocks (a runner the
@@ -135,11 +172,13 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
                 block = np.empty((bench.samples, 4), dtype=np.int64)
                 with monitor.block(r.name) if monitor else contextlib.nullcontext():
                     for i in range(bench.samples):
-                        block[i] = _time_stages_once(r, _batch_at(images, i, batch_size))
+                        once = _time_stages_once if i % bench.stage_every == 0 else _time_total_once
+                        block[i] = once(r, _batch_at(images, i, batch_size))
                         bar.update()
+                staged = block[:, 0] >= 0
                 for j, stage in enumerate(STAGES):
-                    samples[r.name][stage].append(block[:, j] / 1e6)
-            active = [r for r in active if not done(samples[r.name]["total"], bench)]
+                    samples[r.name][stage].append((block[:, j] if stage == "total" else block[staged, j]) / 1e6)
+            active = still_timed(active, {n: v["total"] for n, v in samples.items()}, bench, references)
             if not active:
                 break
     return samples
@@ -147,8 +186,8 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
 
 def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
                batch_sizes: list[int] | None = None, progress: bool = True, telemetry=None,
-               telemetry_out: dict | None = None,
-               monitor: LoadMonitor | None = None) -> dict[int, dict[str, list[np.ndarray]]]:
+               telemetry_out: dict | None = None, monitor: LoadMonitor | None = None,
+               references: tuple[str, ...] | list[str] = ()) -> dict[int, dict[str, list[np.ndarray]]]:
     """Batch latency samples (ms) of the full graph at each batch size.
 
     For every batch size, each runner runs alternating blocks of max(5, samples // batch_size)
@@ -186,7 +225,7 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
                     if sampler is not None and telemetry_out is not None:
                         telemetry_out.setdefault(bs, {}).setdefault(r.name, []).append(sampler.stop(images=n * bs))
                     per_runner[r.name].append(block)
-                active = [r for r in active if not done(per_runner[r.name], bench)]
+                active = still_timed(active, per_runner, bench, references)
                 if not active:
                     break
         out[bs] = per_runner
