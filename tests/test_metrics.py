@@ -83,3 +83,16 @@ def test_calibration_metrics_against_sklearn_brier_and_a_hand_ece():
     assert calibration_metrics(probs, labels)["ece"] == pytest.approx(0.125)
     sure = calibration_metrics(np.eye(3)[[0, 1, 2, 1]], np.array([0, 1, 2, 1]))
     assert sure["ece"] == 0.0 and sure["brier"] == 0.0
+
+
+def test_changed_share_interval_is_clopper_pearson_and_gives_the_test_sets_resolution():
+    from scipy import stats as sps
+
+    from optlib.measurement.metrics import changed_share_ci
+
+    # none changed: the upper end is the closed form 1 - (alpha / 2) ** (1 / n): 0.68% on 540 images
+    assert changed_share_ci(0, 540) == (0.0, pytest.approx(1 - 0.025 ** (1 / 540)))
+    assert 0.0067 < changed_share_ci(0, 540)[1] < 0.0069
+    # some changed: the beta quantiles that define the exact interval
+    k, n = 2, 540
+    assert changed_share_ci(k, n) == pytest.approx((sps.beta.ppf(0.025, k, n - k + 1), sps.beta.ppf(0.975, k + 1, n - k)))

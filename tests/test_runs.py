@@ -4,6 +4,7 @@ killed with SIGKILL and rerun, the lock, a chapter that hangs or whose kernel di
 through a local Ray instance, and the contention monitor against psutil's count of a busy process."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,9 +125,12 @@ def test_unchanged_chapters_skip_and_a_parameter_reruns_its_chapter_and_dependan
     assert rec["extra"]["value"] == 8 and rec["environment"]["run_id"] == json.loads(
         (out / "fake" / "runs" / "01_b.json").read_text())["complete_run_id"]
     # --force NOTEBOOKS reruns those, with progress and the time left by the previous run's cells
-    run = cli("run", "--params", str(f), "--force", "01", env={"OPTLIB_PROGRESS_EVERY_S": "0"}).stdout
+    run = cli("run", "--params", str(f), "--force", "01", env={"OPTLIB_PROGRESS_EVERY_S": "0",
+                                                              "FAKE_SLEEP_01": "2"}).stdout
     assert statuses(run) == {"00_a": "skipped", "01_b": "ok"}
     assert "01_b: cell 1/3" in run and "left by the previous run" in run and "about" in run
+    # a cell that runs long says so while it runs (here every 0.5 s), not only when it completes
+    assert re.search(r"01_b: cell 3/3 running for \d+s, \d+s elapsed, about \d+s left by the previous run", run), run
     (out / "fake" / "results" / "00_a-rec.json").unlink()
     run = cli("run", "--params", str(f)).stdout
     assert statuses(run) == {"00_a": "ok", "01_b": "ok"} and "results/00_a-rec.json was removed" in run

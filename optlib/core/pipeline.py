@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,20 +86,28 @@ def _fmt_s(s: float | None) -> str:
 
 
 class _Progress:
-    """Cell by cell: the elapsed time and what is left by the previous run's cell times."""
+    """Cell by cell: the elapsed time and what is left by the previous run's cell times; while a
+    long cell runs (a chapter's measurement can take many minutes), a line every 3 x `every_s`."""
 
     def __init__(self, name: str, n_cells: int, previous: list[float] | None, every_s: float = PROGRESS_EVERY_S):
         # n_cells: set by the engine once papermill has added its parameters cell
         self.name, self.n, self.previous, self.every_s = name, n_cells, previous, every_s
         self.t0 = self.last_print = time.perf_counter()
         self.cell_t0, self.cell_seconds = None, []
+        self._stop = threading.Event()
 
-    def left(self, done: int) -> float | None:
+    def left(self, done: int, in_cell_s: float = 0.0) -> float | None:
         if not self.previous:
             return None
         if len(self.previous) == self.n:
-            return sum(self.previous[done:])
+            return max(0.0, sum(self.previous[done:]) - in_cell_s)
         return max(0.0, sum(self.previous) - (time.perf_counter() - self.t0))
+
+    def _line(self, cell: str, in_cell_s: float = 0.0) -> str:
+        left = self.left(len(self.cell_seconds), in_cell_s)
+        return (f"[optlib] {self.name}: cell {cell}, {_fmt_s(time.perf_counter() - self.t0)} elapsed, "
+                + (f"about {_fmt_s(left)} left by the previous run" if left is not None else
+                   "no previous run to tell the time left"))
 
     def start(self, index: int) -> None:
         self.cell_t0 = time.perf_counter()
@@ -106,12 +115,27 @@ class _Progress:
     def complete(self, index: int) -> None:
         now = time.perf_counter()
         self.cell_seconds.append(now - (self.cell_t0 or now))
+        self.cell_t0 = None
         if now - self.last_print >= self.every_s:
             self.last_print = now
-            left = self.left(len(self.cell_seconds))
-            print(f"[optlib] {self.name}: cell {len(self.cell_seconds)}/{self.n}, {_fmt_s(now - self.t0)} elapsed, "
-                  + (f"about {_fmt_s(left)} left by the previous run" if left is not None else
-                     "no previous run to tell the time left"), flush=True)
+            print(self._line(f"{len(self.cell_seconds)}/{self.n}"), flush=True)
+
+    def __enter__(self):
+        period = max(3 * self.every_s, 0.5)
+
+        def beat():
+            while not self._stop.wait(period):
+                t0 = self.cell_t0
+                if t0 is not None and time.perf_counter() - self.last_print >= period:
+                    self.last_print = time.perf_counter()
+                    running = self.last_print - t0
+                    print(self._line(f"{len(self.cell_seconds) + 1}/{self.n} running for {_fmt_s(running)}", running),
+                          flush=True)
+        threading.Thread(target=beat, name=f"optlib-progress-{self.name}", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
 
 
 class _Engine(NBClientEngine):
@@ -254,9 +278,10 @@ def _run_one(nb: Path, out: Path, params: Params, injected: dict, old: dict, why
     t0 = time.perf_counter()
     error = None
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=injected, cwd=str(nb.parent), kernel_name="python3",
-                            engine_name="optlib", progress_bar=False, log_output=False, optlib_progress=progress,
-                            optlib_deadline=time.time() + params.run.chapter_timeout_s)
+        with progress:
+            pm.execute_notebook(str(nb), str(out), parameters=injected, cwd=str(nb.parent), kernel_name="python3",
+                                engine_name="optlib", progress_bar=False, log_output=False, optlib_progress=progress,
+                                optlib_deadline=time.time() + params.run.chapter_timeout_s)
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         error = _failure(e, params.run.chapter_timeout_s)
     finally:

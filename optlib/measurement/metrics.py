@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 from sklearn import metrics as skm
 
 from ..results.values import Fidelity, OperatingPointShift
@@ -177,6 +178,15 @@ def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
         probability_mean_abs_diff=float(prob_diff.mean()),
         operating_point=operating_point_shift(a, b, labels, outputs, n_resamples, seed) if outputs.binary else None,
     )
+
+
+def changed_share_ci(changed: int, n_images: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of the share of predictions that change, from `changed` of
+    `n_images` (scipy.stats.binomtest). With none changed its upper end is the smallest accuracy
+    change a paired comparison on these images can bound: the test set's resolution (540 images:
+    0.68%, so no configuration can show a change within +-0.5 pp there)."""
+    ci = sps.binomtest(int(changed), int(n_images)).proportion_ci(confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def check_outputs(runner, reference, images: list[np.ndarray], batch_sizes: list[int],

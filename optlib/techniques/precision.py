@@ -36,6 +36,7 @@ from ..backends.onnxruntime import OrtConfig, OrtRunner, make_session
 from ..backends.pytorch import TorchRunner
 from ..core.choices import PRECISION_VARIANTS, check_choice
 from ..core.params import Params
+from ..measurement.metrics import changed_share_ci
 from ..results.values import Artifact, Kernels
 from ..workload.data import PreprocessSpec
 from ..workload.models import save_state_dict, split_model, state_dict_size_bytes
@@ -487,6 +488,12 @@ def findings(records: dict, slow: dict, capabilities: dict) -> list[str]:
                      + f"; accuracy change {b.fidelity.accuracy_change:+.2%} "
                      f"[{b.fidelity.accuracy_change_ci95[0]:+.2%}, {b.fidelity.accuracy_change_ci95[1]:+.2%}], "
                      f"{b.fidelity.flips} flipped predictions, max logit difference {b.fidelity.max_abs_diff:.2g}.")
+        n = b.accuracy["n"]
+        lo, hi = changed_share_ci(b.fidelity.flips, n)
+        lines.append(f"What {n} test images can resolve: one changed prediction is {1 / n:.2%} of accuracy; the "
+                     f"{b.fidelity.flips} changed here put the share of predictions BF16 changes at [{lo:.2%}, {hi:.2%}] "
+                     f"(exact 95%), and even none changed would leave {changed_share_ci(0, n)[1]:.2%}: a change "
+                     "smaller than that cannot be shown or excluded on this test set, only on a larger one.")
     for n in (n for n in records if n.startswith("pytorch-") and "autocast" in n and records[n].ok):
         lines.append(f"`{n}`: {records[n].speedup(e)} (weights stay FP32; the casts are paid at every call).")
     c32 = next((n for n in records if n.startswith("compile-fp32") and records[n].ok), None)
