@@ -15,10 +15,15 @@ from tests.helpers import tiny_resnet, write_image_folder
 from tests.test_checkpoints import lightning_ckpt
 
 
+# The whole smoke pipeline took 8 min on 2026-11-25 and over 15 on 2026-12-02 (a machine about twice
+# as slow that day): the limit only catches a hung run.
+RUN_TIMEOUT_S = 3600
+
+
 def run_cli(args, out_root, check=True):
     env = {**os.environ, "OPTLIB_OUTPUT_ROOT": str(out_root)}
     p = subprocess.run([sys.executable, "-m", "optlib", *args], cwd=paths.REPO_DIR, env=env,
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     if check and p.returncode != 0:
         raise AssertionError(f"optlib {args} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
