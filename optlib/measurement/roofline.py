@@ -43,7 +43,10 @@ def _ort_int8_mm(n: int, threads: int):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    b = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
+    # 7-bit weights (ONNX Runtime's reduce_range): on x86 without VNNI (AVX2, as on 2026-12-02) the
+    # u8 x s8 kernel adds pairs of products in saturating 16-bit arithmetic, and full 8-bit weights
+    # gave a wrong product there; the time is the same
+    b = numpy_helper.from_array(rng.integers(-64, 64, (n, n), dtype=np.int8), "b")
     graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_gemm",
                               [helper.make_tensor_value_info("a", TensorProto.UINT8, (n, n))],
                               [helper.make_tensor_value_info("y", TensorProto.INT32, (n, n))], [b])
