@@ -261,3 +261,21 @@ def test_static_quant_config_from_params_and_one_declaration_of_choices():
         from_dict({"quant": {"methods": ["minmax", "kl"]}})
     with pytest.raises(ValueError, match="'quant.method' must be one of minmax, entropy, percentile"):
         qo.StaticQuantConfig(method="kl")
+
+
+def test_reduce_range_where_u8s8_saturates_keeps_weights_in_7_bits(trained):
+    """x86 without VNNI adds u8 x s8 products pairwise in saturating 16-bit arithmetic: the default
+    config asks for 7-bit weights exactly there, and such a graph's weights stay in [-64, 64]."""
+    from onnx import numpy_helper
+
+    t = trained
+    assert qo.StaticQuantConfig().reduce_range == qo.u8s8_saturates()
+    assert qo.StaticQuantConfig(activation_type="int8").reduce_range is False  # symmetric s8s8 (TensorRT)
+    ranges = qo.calibrate(t["fp32"], t["calib"].numpy(), "minmax")
+    widths = {}
+    for reduce in (True, False):
+        q = qo.quantize_static(t["fp32"], t["dir"] / f"q-{reduce}.onnx", ranges, qo.StaticQuantConfig(reduce_range=reduce))
+        w = [numpy_helper.to_array(i) for i in onnx.load(str(q)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        widths[reduce] = (min(int(a.min()) for a in w), max(int(a.max()) for a in w))
+    assert widths[True][0] >= -64 and widths[True][1] <= 64  # 2 x 255 x 64 = 32640 fits 16 bits
+    assert widths[False][0] < -64 or widths[False][1] > 63  # full range without it
