@@ -78,18 +78,25 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert by_name["unstructured-l1-global-90-pytorch-fp32"].extra["pruning"]["macs_speedup"] == 1.0
     assert {"structured-l2-60-iter2-onnxruntime-int8", "dense-finetuned-onnxruntime-int8"} <= set(by_name)
     assert (tmp_path / "smoke" / "pruning_choice.json").is_file()
-    # reduced precision: BF16 weights reload from their own file; torch.compile BF16 is compared with
-    # compiled FP32 in the same run; FP16 in PyTorch had its own, shorter round; CUDA variants skipped
-    bf16 = by_name["pytorch-bf16"]
-    assert bf16.precision == "bf16" and bf16.artifact.kind == "pytorch-precision" and "state" in bf16.artifact.files
-    # BF16 oneDNN kernels where this CPU has them (AVX512-BF16); elsewhere (a machine with AVX2 only,
-    # as on 2026-12-02) BF16 convolutions run ATen's reference kernels in FP32 arithmetic
+    # reduced precision: BF16 weights reload from their own file; FP16 in PyTorch had its own, shorter
+    # round; CUDA variants skipped. Where this CPU has BF16 oneDNN kernels (AVX512-BF16), BF16 is
+    # timed with the rest and torch.compile BF16 compared with compiled FP32 in the same run;
+    # elsewhere (AVX2 only, as on 2026-12-02) BF16 convolutions run ATen's reference kernels in FP32
+    # arithmetic, about 13x slower, and BF16 joins FP16 in the slow round against eager FP32.
     from optlib.techniques.precision import cpu_capabilities
 
-    expected = ("reduced-precision", "mixed") if cpu_capabilities()["onednn_bf16_supported"] else ("cast-emulated",)
-    assert bf16.speedup("onnxruntime-fp32") is not None and bf16.kernels.label in expected, bf16.kernels.evidence
-    assert by_name["compile-bf16"].speedup("compile-fp32") is not None
-    assert by_name["pytorch-fp16"].latency.count == 2 and by_name["pytorch-fp16"].speedup("pytorch-fp32") is not None
+    bf16 = by_name["pytorch-bf16"]
+    assert bf16.precision == "bf16" and bf16.artifact.kind == "pytorch-precision" and "state" in bf16.artifact.files
+    slow = ["pytorch-fp16"]
+    if cpu_capabilities()["onednn_bf16_supported"]:
+        assert bf16.kernels.label in ("reduced-precision", "mixed"), bf16.kernels.evidence
+        assert bf16.speedup("onnxruntime-fp32") is not None
+        assert by_name["compile-bf16"].speedup("compile-fp32") is not None
+    else:
+        assert bf16.kernels.label == "cast-emulated", bf16.kernels.evidence
+        slow += ["pytorch-bf16", "compile-bf16"]
+    for name in slow:
+        assert by_name[name].latency.count == 2 and by_name[name].speedup("pytorch-fp32") is not None, name
     assert by_name["onnxruntime-fp16"].kernels.label == "cast-emulated"
     skipped = {r.name: r.reason for r in records if r.status == "skipped"}
     assert skipped["cuda-pytorch-fp16"].startswith("needs a CUDA GPU")

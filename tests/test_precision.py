@@ -147,5 +147,11 @@ def test_precision_params_are_validated():
     p = from_dict({"precision": {"variants": ["bf16", "fp16"], "channels_last": True}})
     assert [v.name for v in pr.variants(p)] == ["pytorch-bf16", "pytorch-bf16-channels_last", "pytorch-fp16",
                                                 "pytorch-fp16-channels_last"]
-    slow = pr.slow_params(from_dict({"precision": {"slow_samples": 4, "slow_trials": 2}}))
-    assert (slow.bench.samples, slow.bench.trials) == (4, 2)
+    slow = pr.slow_params(from_dict({"precision": {"slow_samples": 4, "slow_trials": 2},
+                                     "bench": {"batch_sizes": [1, 8, 32], "stop_ci_width": 0.05, "trials": 20}}))
+    assert (slow.bench.samples, slow.bench.trials, slow.bench.batch_sizes, slow.bench.stop_ci_width) == (4, 2, [1], 0.0)
+    # the slow round: FP16 always; BF16 only where oneDNN has no BF16 kernels (ATen's reference ones)
+    with_bf16, without = {"onednn_bf16_supported": True}, {"onednn_bf16_supported": False}
+    assert [pr.Variant(k).slow_on_cpu(with_bf16) for k in ("bf16", "bf16-autocast", "fp16", "fp16-autocast")] == \
+        [False, False, True, True]
+    assert all(pr.Variant(k).slow_on_cpu(without) for k in ("bf16", "bf16-autocast", "fp16", "fp16-autocast"))

@@ -87,10 +87,13 @@ class Variant:
     def name(self) -> str:
         return f"pytorch-{self.kind}" + ("-channels_last" if self.channels_last else "")
 
-    @property
-    def slow_on_cpu(self) -> bool:
-        """FP16 arithmetic on a CPU: timed in its own round with fewer calls (PrecisionParams)."""
-        return self.precision == "fp16"
+    def slow_on_cpu(self, capabilities: dict) -> bool:
+        """Timed in its own round with fewer calls (PrecisionParams) on a CPU: FP16 (no CPU here has
+        FP16 oneDNN convolutions for it), and BF16 where oneDNN has no BF16 kernels
+        (`capabilities["onednn_bf16_supported"]`, cpu_capabilities): then ATen's reference kernels
+        run it, about 13x slower than FP32 (152 against 12 ms for ResNet18 at 64x64 on an AVX2-only
+        EPYC, 2026-12-02)."""
+        return self.precision == "fp16" or not capabilities.get("onednn_bf16_supported", False)
 
 
 def variants(params: Params) -> list[Variant]:
@@ -410,11 +413,12 @@ class Configurations:
     references: list[str]
 
 
-def configurations(ch, ort_config: OrtConfig | None = None) -> Configurations:
+def configurations(ch, ort_config: OrtConfig | None = None, capabilities: dict | None = None) -> Configurations:
     """Eager FP32, ONNX Runtime FP32 and FP16, the PyTorch variants (precision.variants, each in
     channels_last too), torch.compile FP32 and BF16 (compilers.compile_modes[0]); every PyTorch
     runner described with the kernels it executed. On a CPU target the CUDA configurations are
-    skipped with the reason."""
+    skipped with the reason, and the variants slow on this CPU (Variant.slow_on_cpu; compiled BF16
+    too where oneDNN has no BF16 kernels) go to the slow round."""
     from . import int8_onnx
     from .compilers import compiled_runners
     from .onnx_export import ExportConfig
@@ -427,16 +431,19 @@ def configurations(ch, ort_config: OrtConfig | None = None) -> Configurations:
     fast, slow, skipped = [eager, ort32], [], []
     if P.precision.onnx_fp16:
         fast.append(ort_fp16_runner(graphs, ch.spec, ort_config, ort32.preprocess(images[:1])))
+    on_cpu = P.device == "cpu"
+    caps = (capabilities if capabilities is not None else cpu_capabilities()) if on_cpu else {}
     for v in variants(P):
         r = torch_runner(ch.model, v, eager.artifact, ch.artifacts_dir, P.bench.threads, P.device)
-        (slow if v.slow_on_cpu and P.device == "cpu" else fast).append(r)
+        (slow if on_cpu and v.slow_on_cpu(caps) else fast).append(r)
     if P.precision.compile and P.compilers.compile_modes:
         samples = {bs: ch.sample(bs).to(P.device) for bs in P.bench.batch_sizes}
         for dtype in (torch.float32, torch.bfloat16):  # the cold-cache compile is 02's subject: FP32's only
             compiled, _ = compiled_runners(ch.model, eager.artifact, P.compilers.compile_modes[:1], samples,
                                            P.bench.threads, P.device,
                                            P.compilers.measure_cold_start and dtype == torch.float32, dtype=dtype)
-            fast += compiled
+            emulated = dtype == torch.bfloat16 and on_cpu and not caps.get("onednn_bf16_supported", False)
+            (slow if emulated else fast).extend(compiled)
     for r in fast + slow:
         if r.backend == "pytorch":
             r.describe(kernels=torch_kernels(r, images[:1]))
@@ -460,10 +467,13 @@ def screen(runners: list, images: list[np.ndarray], batch_size: int) -> tuple[li
 
 
 def slow_params(params: Params) -> Params:
-    """The params of the slow round: precision.slow_samples calls x precision.slow_trials trials."""
+    """The params of the slow round: precision.slow_samples calls x precision.slow_trials trials, at
+    the first batch size only (a variant ten times slower than FP32 is no throughput candidate, and
+    each of its batch-32 blocks would cost minutes), every trial run (no adaptive stopping)."""
     pr = params.precision
     return replace(params, bench=replace(params.bench, samples=pr.slow_samples, trials=pr.slow_trials,
-                                         warmup=min(params.bench.warmup, 2)))
+                                         min_trials=pr.slow_trials, stop_ci_width=0.0,
+                                         warmup=min(params.bench.warmup, 2), batch_sizes=params.bench.batch_sizes[:1]))
 
 
 def _best(records: dict, precision: str, prefix: str = "pytorch-") -> str | None:
@@ -478,11 +488,13 @@ def findings(records: dict, slow: dict, capabilities: dict) -> list[str]:
     lines.append(f"This CPU's reduced-precision features: {flags} (PyTorch dispatch level "
                  f"{capabilities.get('torch_cpu_capability')}).")
     e = "pytorch-fp32"
-    best = _best(records, "bf16")
+    slow = {n: r for n, r in slow.items() if n != e}
+    every = {**records, **slow}  # BF16 is in the slow round on a CPU without BF16 oneDNN kernels
+    best = _best(every, "bf16")
     if best:
-        b = records[best]
+        b = every[best]
         big = max(int(k) for k in b.throughput) if b.throughput else None
-        t = b.speedup(e, "throughput", big) if big else None
+        t = b.speedup(e, "throughput", big) if big and big != b.batch_size else None
         lines.append(f"Fastest eager BF16 variant: **{best}** ({b.kernels.label} kernels, {b.kernels.share:.0%} of "
                      f"conv/linear calls in BF16 primitives): {b.speedup(e)} eager FP32 at batch {b.batch_size}" + (f", {t} at batch {big}" if t else "")
                      + f"; accuracy change {b.fidelity.accuracy_change:+.2%} "
@@ -494,13 +506,16 @@ def findings(records: dict, slow: dict, capabilities: dict) -> list[str]:
                      f"{b.fidelity.flips} changed here put the share of predictions BF16 changes at [{lo:.2%}, {hi:.2%}] "
                      f"(exact 95%), and even none changed would leave {changed_share_ci(0, n)[1]:.2%}: a change "
                      "smaller than that cannot be shown or excluded on this test set, only on a larger one.")
-    for n in (n for n in records if n.startswith("pytorch-") and "autocast" in n and records[n].ok):
-        lines.append(f"`{n}`: {records[n].speedup(e)} (weights stay FP32; the casts are paid at every call).")
+    for n in (n for n in every if n.startswith("pytorch-") and "autocast" in n and every[n].ok):
+        lines.append(f"`{n}`: {every[n].speedup(e)} (weights stay FP32; the casts are paid at every call).")
     c32 = next((n for n in records if n.startswith("compile-fp32") and records[n].ok), None)
-    cbf = next((n for n in records if n.startswith("compile-bf16") and records[n].ok), None)
-    if c32 and cbf:
-        lines.append(f"torch.compile: `{cbf}` {records[cbf].speedup(c32)} `{c32}` "
-                     f"({records[cbf].speedup(e)} eager FP32).")
+    cbf = next((n for n in every if n.startswith("compile-bf16") and every[n].ok), None)
+    if c32 and cbf and every[cbf].speedup(c32) is not None:
+        lines.append(f"torch.compile: `{cbf}` {every[cbf].speedup(c32)} `{c32}` "
+                     f"({every[cbf].speedup(e)} eager FP32).")
+    elif cbf:
+        lines.append(f"torch.compile: `{cbf}` {every[cbf].speedup(e)} eager FP32 (in the slow round: no BF16 oneDNN "
+                     "kernels on this CPU).")
     o = records.get("onnxruntime-fp16")
     if o is not None and o.ok:
         ev = o.kernels.evidence if o.kernels else {}
@@ -508,13 +523,19 @@ def findings(records: dict, slow: dict, capabilities: dict) -> list[str]:
                      f"**{o.kernels.label}** ({o.kernels.share:.0%} of conv/matmul nodes ran with FP16 inputs, "
                      f"{ev.get('cast_nodes_per_call', 0)} Cast nodes per call); half the file size: "
                      f"{o.size_bytes / 1e6:.1f} MB.")
+    native = {"fp16": "avx512_fp16", "bf16": "avx512_bf16"}
     for n, r in slow.items():
-        if n != e and r.ok:
-            ops = ", ".join(f"`{k}` x{v}" for k, v in r.kernels.evidence.get("aten_heavy_ops", {}).items())
-            lines.append(f"`{n}` (its own round, {r.latency.count} calls): {r.speedup(e)} eager FP32, kernels "
-                         f"{r.kernels.label}: " + (f"no FP16 oneDNN primitive ran; ATen ran {ops or 'its own kernels'} "
-                                                   "on FP16 storage" + ("" if capabilities.get("avx512_fp16") else
-                                                                        ", in FP32 arithmetic (no AVX512-FP16 here)")
-                                                   + "." if r.kernels.label == "cast-emulated"
-                                                   else f"{r.kernels.share:.0%} in FP16 primitives."))
+        if not r.ok:
+            continue
+        p = r.precision.upper()
+        head = f"`{n}` (its own round, {r.latency.count} calls): {r.speedup(e)} eager FP32"
+        if r.kernels is None:
+            lines.append(head + ".")
+            continue
+        ops = ", ".join(f"`{k}` x{v}" for k, v in r.kernels.evidence.get("aten_heavy_ops", {}).items())
+        flag = native.get(r.precision, "")
+        lines.append(head + f", kernels {r.kernels.label}: " + (
+            f"no {p} oneDNN primitive ran; ATen ran {ops or 'its own kernels'} on {p} storage"
+            + ("" if capabilities.get(flag) else f", in FP32 arithmetic (no {flag.upper().replace('_', '-')} here)") + "."
+            if r.kernels.label == "cast-emulated" else f"{r.kernels.share:.0%} in {p} primitives."))
     return lines
