@@ -1,4 +1,6 @@
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -86,3 +88,15 @@ def test_written_files_are_ordinary_files(monkeypatch, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+@pytest.mark.skipif(shutil.which("lscpu") is None, reason="needs lscpu (util-linux)")
+def test_environment_names_the_cpu_and_its_instruction_sets_as_lscpu_does():
+    from optlib.core import env
+
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, env={"LC_ALL": "C"}).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    e = env.environment()
+    assert e["cpu"] == fields["Model name"].strip()
+    assert e["cpu_isa"] == [f for f in env.ISA_FLAGS if f in flags]

@@ -199,6 +199,15 @@ def test_what_cannot_be_checkpointed_is_said_in_one_line():
     assert tm.unavailable_reason(tm.TrainConfig("fp16-autocast"), "cuda") is None
 
 
+def test_bf16_training_is_skipped_only_on_a_cpu_without_bf16_kernels(monkeypatch):
+    bf16 = tm.TrainConfig("bf16-autocast")
+    monkeypatch.setattr(tm, "bf16_kernels_on_cpu", lambda: False)
+    assert "AVX512-BF16" in tm.unavailable_reason(bf16, "cpu") and tm.unavailable_reason(bf16, "cuda") is None
+    assert tm.unavailable_reason(tm.TrainConfig("fp32", "block"), "cpu") is None
+    monkeypatch.setattr(tm, "bf16_kernels_on_cpu", lambda: True)
+    assert tm.unavailable_reason(bf16, "cpu") is None
+
+
 def test_memory_params_are_validated_and_enumerate_configurations():
     with pytest.raises(ParamsError, match="'memory.batch_sizes'"):
         from_dict({"memory": {"batch_sizes": [1, 8]}})

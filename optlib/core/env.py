@@ -14,15 +14,42 @@ LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntim
              "onnxslim", "torchao", "tensorrt", "torch-tensorrt", "scikit-learn", "scipy")
 
 
-def cpu_name() -> str:
+# The instruction-set extensions that decide which kernels can run (VNNI: INT8 dot products; BF16 and
+# FP16: reduced-precision arithmetic; AMX: tile units). Machines lent on different days differ here.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+             "amx_int8", "amx_fp16")
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    out: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
+
+
+def cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (/proc/cpuinfo `flags`, `Features` on ARM; empty where unreadable)."""
+    info = _cpuinfo()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
+
+
+def cpu_isa() -> list[str]:
+    """The ISA_FLAGS this CPU has, as recorded with every result."""
+    flags = cpu_flags()
+    return [f for f in ISA_FLAGS if f in flags]
 
 
 def gpu_name() -> str | None:
@@ -67,6 +94,7 @@ def environment(params_hash: str | None = None) -> dict:
     return {
         "versions": versions(),
         "cpu": cpu_name(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "gpu": gpu_name(),
         "platform": platform.platform(),

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .env import cpu_name
 from .manifest import RUN_ID_ENV, SCHEMA, TRACE_ENV, read_manifest, runs_dir, write_manifest  # noqa: F401
 
 # Under the target: what chapters produce and later chapters (or the final round) read. The rest
@@ -125,15 +126,7 @@ def environment_inputs(device: str) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(), "device": device,
+    return {"python": platform.python_version(), "cpu": cpu_name(), "cores": os.cpu_count(), "device": device,
             **{p: version(p) for p in ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy",
                                        "torch-pruning", "tensorrt")}}
 

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import platform
-import re
 import tempfile
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from torch import nn
 
 from ..backends.onnxruntime import OrtConfig, OrtRunner, make_session
 from ..core.choices import CALIBRATION_METHODS, INT8_TYPES, QUANT_FORMATS, check_choice
+from ..core.env import cpu_flags
 from ..core.io import write_json_atomic
 from ..results.values import Kernels
 from ..workload.data import CalibrationError, PreprocessSpec
@@ -58,11 +58,8 @@ def u8s8_saturates() -> bool:
     reduce_range: 7-bit weights."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", cpuinfo) is None
+    flags = cpu_flags()
+    return bool(flags) and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 @dataclass

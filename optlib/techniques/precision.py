@@ -35,6 +35,7 @@ from ..backends.artifacts import build_eager, spec_of
 from ..backends.onnxruntime import OrtConfig, OrtRunner, make_session
 from ..backends.pytorch import TorchRunner
 from ..core.choices import PRECISION_VARIANTS, check_choice
+from ..core.env import cpu_flags
 from ..core.params import Params
 from ..measurement.metrics import changed_share_ci
 from ..results.values import Artifact, Kernels
@@ -293,14 +294,7 @@ def torch_kernels(runner: TorchRunner, images: list[np.ndarray]) -> Kernels:
 
 def cpu_capabilities() -> dict:
     """The reduced-precision features of this CPU: /proc/cpuinfo flags and PyTorch's dispatch level."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    flags = cpu_flags()
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
     conv = nn.Conv2d(3, 8, 3).to(torch.bfloat16).eval()
     with torch.inference_mode():
