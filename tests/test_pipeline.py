@@ -82,7 +82,7 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     # round; CUDA variants skipped. Where this CPU has BF16 oneDNN kernels (AVX512-BF16), BF16 is
     # timed with the rest and torch.compile BF16 compared with compiled FP32 in the same run;
     # elsewhere (AVX2 only, as on 2026-12-02) BF16 convolutions run ATen's reference kernels in FP32
-    # arithmetic, about 13x slower, and BF16 joins FP16 in the slow round against eager FP32.
+    # arithmetic (13x slower in the default layout), and BF16 joins FP16 in the slow round against eager FP32.
     from optlib.techniques.precision import cpu_capabilities
 
     bf16 = by_name["pytorch-bf16"]
