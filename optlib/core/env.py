@@ -52,6 +52,14 @@ def cpu_isa() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
+def bf16_kernels_on_cpu() -> bool:
+    """Whether oneDNN has BF16 kernels on this CPU (AVX512-BF16 or AMX); without them PyTorch runs
+    BF16 in ATen's own kernels, up to an order of magnitude slower than FP32."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def gpu_name() -> str | None:
     try:
         import torch

@@ -35,7 +35,7 @@ from ..backends.artifacts import build_eager, spec_of
 from ..backends.onnxruntime import OrtConfig, OrtRunner, make_session
 from ..backends.pytorch import TorchRunner
 from ..core.choices import PRECISION_VARIANTS, check_choice
-from ..core.env import cpu_flags
+from ..core.env import bf16_kernels_on_cpu, cpu_flags
 from ..core.params import Params
 from ..measurement.metrics import changed_share_ci
 from ..results.values import Artifact, Kernels
@@ -300,7 +300,7 @@ def cpu_capabilities() -> dict:
     with torch.inference_mode():
         isa = onednn_isa(onednn_log(lambda: conv(torch.zeros(1, 3, 8, 8, dtype=torch.bfloat16))))
     return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn_isa": isa,
-            "onednn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            "onednn_bf16_supported": bf16_kernels_on_cpu(),
             "onednn_fp16_supported": bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()),
             **{f: f in flags for f in wanted}}
 
@@ -436,8 +436,7 @@ def configurations(ch, ort_config: OrtConfig | None = None, capabilities: dict |
             compiled, _ = compiled_runners(ch.model, eager.artifact, P.compilers.compile_modes[:1], samples,
                                            P.bench.threads, P.device,
                                            P.compilers.measure_cold_start and dtype == torch.float32, dtype=dtype)
-            emulated = dtype == torch.bfloat16 and on_cpu and not caps.get("onednn_bf16_supported", False)
-            (slow if emulated else fast).extend(compiled)
+            (slow if on_cpu and dtype == torch.bfloat16 and Variant("bf16").slow_on_cpu(caps) else fast).extend(compiled)
     for r in fast + slow:
         if r.backend == "pytorch":
             r.describe(kernels=torch_kernels(r, images[:1]))

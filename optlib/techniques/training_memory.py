@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from ..core.choices import CHECKPOINT_GRANULARITIES, TRAIN_OPTIMIZERS, TRAIN_PRECISIONS, check_choice
+from ..core.env import bf16_kernels_on_cpu
 from ..measurement.memory import proc_status_bytes, reset_peak, run_child
 from ..workload.models import resolve_module
 from ..workload.outputs import Outputs
@@ -118,12 +119,6 @@ def configurations(params) -> list[TrainConfig]:
         if m.checkpoint_modules:
             out.append(TrainConfig(precision, "custom", modules=tuple(m.checkpoint_modules)))
     return out
-
-
-def bf16_kernels_on_cpu() -> bool:
-    """Whether oneDNN has BF16 kernels on this CPU (AVX512-BF16 or AMX); without them BF16 runs in
-    ATen's reference kernels, an order of magnitude slower than FP32."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def unavailable_reason(config: TrainConfig, device: str) -> str | None:
