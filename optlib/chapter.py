@@ -3,6 +3,7 @@ and the model, then build the FP32 reference runner, measure, and write skipped 
 chapter's data, parameters and name filled in."""
 from __future__ import annotations
 
+import functools
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from .core import paths
 from .core.params import Params, notebook_params
 from .measurement.experiment import Measurement, measure, record_skipped
 from .results.records import Record
-from .workload.data import Dataset, PreprocessSpec, load_dataset, preprocess
+from .workload.data import Dataset, Pool, PreprocessSpec, load_dataset, load_fidelity_pool, preprocess
 from .workload.models import ModelInfo, load_model, model_outputs, state_dict_size_bytes
 from .workload.outputs import Outputs
 
@@ -30,6 +31,7 @@ class Chapter:
     model_info: ModelInfo
     spec: PreprocessSpec
     outputs: Outputs  # how the model's logits become decisions (softmax, or one sigmoid logit)
+    pool_note: str = ""  # why there is no label-free pool, once `pool` was read
 
     def describe(self) -> str:
         p, d = self.params, self.dataset
@@ -66,10 +68,19 @@ class Chapter:
         return r.describe(size_bytes=state_dict_size_bytes(self.model),
                           artifact=eager_artifact(self.model_info, self.spec, channels_last))
 
+    @functools.cached_property
+    def pool(self) -> Pool | None:
+        """The label-free fidelity pool (workload.data.load_fidelity_pool), loaded on first use;
+        None where there is none (`pool_note` says why)."""
+        pool, self.pool_note = load_fidelity_pool(self.params)
+        return pool
+
     def measure(self, runners, params: Params | None = None, **kwargs) -> Measurement:
-        """measurement.experiment.measure on this chapter's evaluated images (see there for kwargs);
-        `params` replaces the chapter's (e.g. fewer calls for a slow round)."""
+        """measurement.experiment.measure on this chapter's evaluated images and its label-free
+        pool (see there for kwargs); `params` replaces the chapter's (e.g. fewer calls for a slow
+        round)."""
         t = self.dataset.test
+        kwargs.setdefault("pool", self.pool)
         return measure(runners, t.images, t.labels, self.dataset.class_names, params or self.params, self.notebook,
                        data_summary=self.dataset.summary(), outputs=self.outputs, **kwargs)
 

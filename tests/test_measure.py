@@ -76,3 +76,27 @@ def test_keep_existing_and_discard(run):
     assert not (paths.results_dir("m") / "other.json").exists()
     with pytest.raises(ValueError, match="same-run ratios"):
         measure([other], images, labels, ["a", "b", "c"], params, "02_test", speedups_against=["ref"])
+
+
+def test_measure_compares_decisions_on_the_pool_and_records_the_verdict(run):
+    """The pool's changed decisions are those of the runner against the reference on the pool's
+    images (counted here by hand); the verdict is the one rule's on the stored fidelity, and the
+    reference's record states what the images can resolve."""
+    from optlib.backends.base import evaluate
+    from optlib.measurement.verdict import changed_share_bound, verdict_of
+    from optlib.workload.data import Pool
+
+    params, images, labels, ref, other = run
+    rng = np.random.default_rng(1)
+    pool = Pool([rng.integers(0, 256, size=(8, 8), dtype=np.uint8) for _ in range(40)], "test pool")
+    twin = ref.twin("same-weights")  # the same model: no decision changes anywhere
+    m = measure([ref, other, twin], images, labels, ["a", "b", "c"], params, "01_test", reference="ref", pool=pool)
+    by_hand = int((evaluate(other, pool.images, 8).argmax(1) != evaluate(ref, pool.images, 8).argmax(1)).sum())
+    o, t = m.records["other"], m.records["same-weights"]
+    assert (o.fidelity.pool.images, o.fidelity.pool.changed, o.fidelity.pool.source) == (40, by_hand, "test pool")
+    assert t.fidelity.pool.changed == 0 and t.fidelity.pool.changed_share_bound == changed_share_bound(0, 40)
+    assert o.verdict == verdict_of(o, params.quant.max_accuracy_drop) and m.records["ref"].verdict is None
+    lo, hi = t.fidelity.accuracy_change_ci95
+    assert lo < 0 < hi  # nothing changed on 16 images is not a zero-width interval
+    saved = {r.name: r for r in load_records("m")}
+    assert saved["other"].verdict == o.verdict and saved["ref"].extra["resolution"]["pool_images"] == 40

@@ -61,8 +61,10 @@ def test_fidelity_counts_flips_and_paired_delta():
     lo, hi = f.accuracy_change_ci95
     assert lo <= 5 / 200 <= hi
     assert f.max_abs_diff == pytest.approx(10)
+    assert (f.both_correct, f.both_wrong) == (int((ref_pred == labels).sum()) - 5, int((ref_pred != labels).sum()) - 10)
     same = fidelity(ref, ref, labels, "ref")
-    assert same.flips == 0 and same.accuracy_change_ci95 == (0.0, 0.0)
+    lo, hi = same.accuracy_change_ci95  # no changed decision is not a zero-width interval (Newcombe's)
+    assert same.flips == 0 and lo < 0 < hi and hi - lo > 0.01
     with pytest.raises(ValueError, match="shape"):
         fidelity(ref[:10], ref, labels, "ref")
 

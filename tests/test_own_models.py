@@ -88,7 +88,10 @@ def test_fidelity_and_operating_point_shift_of_a_single_logit_model():
     assert s.specificity_at_that_threshold == pytest.approx((prob_c[~y] < t).mean())
     assert t < 0.5  # it had to lower the threshold
     same = operating_point_shift(ref, ref, labels, out)
-    assert same.sensitivity_change == 0 and same.sensitivity_change_ci95 == (0.0, 0.0)
+    lo, hi = same.sensitivity_change_ci95  # over the positives only: wider than the accuracy's
+    assert same.sensitivity_change == 0 and lo < 0 < hi and same.positives == int(y.sum())
+    from optlib.measurement.verdict import PairedCounts, paired_change_ci
+    assert (lo, hi) == paired_change_ci(PairedCounts(int(dec_r[y].sum()), 0, 0, int((~dec_r[y]).sum())))
     assert f.probability_max_abs_diff > 0
 
 

@@ -36,7 +36,7 @@ def read_record(out_root, target, name):
 def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     run_cli(["run", "--params", "params/smoke.yaml"], tmp_path)
     rec = read_record(tmp_path, "smoke", "pytorch-fp32")
-    assert rec["schema"] == "optlib.result/2" and rec["status"] == "ok" and rec["notebook"] == "01_baseline"
+    assert rec["schema"] == "optlib.result/3" and rec["status"] == "ok" and rec["notebook"] == "01_baseline"
     assert rec["backend"] == "pytorch" and rec["precision"] == "fp32" and rec["fidelity"] is None
     assert rec["device"]["kind"] == "cpu" and rec["device"]["threads"] == 2 and rec["batch_size"] == 1
     smoke = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())["bench"]
@@ -174,7 +174,7 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert "optlib/techniques/precision.py" in runs["03_fp16_bf16"]["inputs"]["code"]
     # a hand-edited record: summary and the report name its file and go on with the rest
     broken = tmp_path / "smoke" / "results" / "hand-edited.json"
-    broken.write_text('{"schema": "optlib.result/2", "name": ')
+    broken.write_text('{"schema": "optlib.result/3", "name": ')
     s = run_cli(["summary", "--target", "smoke", "--format", "csv"], tmp_path).stdout
     assert str(broken) in s and "pytorch-fp32" in s
     run_cli(["report", "--params", "params/smoke.yaml"], tmp_path)

@@ -15,7 +15,7 @@ from optlib.workload.models import build_model, train_classifier
 from optlib.workload.training import FineTuneRecipe
 from optlib.core.choices import CALIBRATION_METHODS
 from optlib.core.params import from_dict
-from optlib.results.compare import fastest_within_budget
+from optlib.results.compare import budget_table
 from optlib.backends import TorchRunner, evaluate
 from optlib.backends.onnxruntime import OrtConfig, OrtRunner
 
@@ -158,7 +158,7 @@ def test_no_calibration_data_is_a_clear_error(trained, tmp_path):
         qt.quantize_fx_static(t["model"], torch.empty(0, 3, 32, 32))
 
 
-def test_fastest_within_budget_uses_the_interval():
+def test_budget_table_judges_on_the_interval_not_the_point():
     from optlib.measurement.stats import summarize
     from optlib.results.records import Record
     from optlib.results.values import Fidelity
@@ -170,11 +170,12 @@ def test_fastest_within_budget_uses_the_interval():
 
     records = {"fast-risky": rec("fast-risky", 1.0, -0.002, -0.012, 0.004),  # point inside 0.5%, interval not
                "mid-safe": rec("mid-safe", 2.0, 0.0, -0.004, 0.004),
-               "slow-safe": rec("slow-safe", 3.0, 0.0, -0.001, 0.001)}
-    best, table = fastest_within_budget(records, 0.005, list(records))
-    assert best == "mid-safe"
-    assert table.loc["fast-risky", "point_within_budget"] and not table.loc["fast-risky", "within_budget"]
-    assert fastest_within_budget(records, 0.0005, list(records))[0] is None
+               "slow-safe": rec("slow-safe", 3.0, 0.0, -0.001, 0.001),
+               "worse": rec("worse", 0.5, -0.02, -0.03, -0.01)}
+    table = budget_table(records, 0.005, list(records))
+    assert list(table.index) == ["worse", "fast-risky", "mid-safe", "slow-safe"]  # fastest first
+    assert list(table["verdict"]) == ["worse", "unresolved", "within (labelled)", "within (labelled)"]
+    assert not budget_table(records, 0.0005, list(records))["within_budget"].astype(bool).any()
 
 
 def test_graph_constant_bytes_counts_only_what_the_graph_reads():

@@ -30,7 +30,7 @@ def test_round_trip_and_schema(monkeypatch, tmp_path):
     path = write_record(full)
     data = json.loads(path.read_text())
     assert path == tmp_path / "t" / "results" / "pytorch-fp32.json"
-    assert data["schema"] == records.SCHEMA == "optlib.result/2" and data["status"] == "ok"
+    assert data["schema"] == records.SCHEMA == "optlib.result/3" and data["status"] == "ok"
     assert data["latency_ms"]["total"]["p95"] is None  # NaN is written as null, never invalid JSON
     for field in ("target", "notebook", "name", "technique", "backend", "precision", "status", "reason",
                   "device", "batch_size", "latency_ms", "throughput", "speedups", "size_bytes",

@@ -31,6 +31,10 @@ CHECKPOINT_GRANULARITIES = ("stage", "block", "sequential")
 TRAIN_OPTIMIZERS = ("sgd", "adam")
 TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # chapter 07: the precision comes from the ONNX graph
 STATUSES = ("ok", "skipped", "failed")
+# A configuration against the accuracy budget (measurement.verdict.judge), and what decided it.
+VERDICTS = ("within", "worse", "unresolved")
+# The embedded workload: chest-radiograph-like phantoms (binary, one logit) or scikit-learn's digits.
+EMBEDDED_DATA = ("phantoms", "digits")
 
 
 def check_choice(key: str, value, choices: tuple, error=ValueError):

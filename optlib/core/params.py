@@ -101,7 +101,10 @@ class ModelParams(_Traced):
 
 @dataclass
 class DataParams(_Traced):
-    root: str | None = None  # ImageFolder of evaluated images; None: embedded digits
+    root: str | None = None  # ImageFolder of evaluated images; None: the embedded workload (data.embedded)
+    # Without data.root: synthetic chest-radiograph-like phantoms (workload.phantoms: two classes,
+    # normal / opacity, for a one-logit model) or scikit-learn's 10 handwritten digits.
+    embedded: str = choice("digits", C.EMBEDDED_DATA)
     train_root: str | None = None  # ImageFolder for calibration / fine-tuning / QAT
     image_size: int = 64
     grayscale_to_rgb: bool = True
@@ -114,6 +117,17 @@ class DataParams(_Traced):
     test_fraction: float = 0.3  # embedded digits only: 0.3 of 1797 leaves 540 test images
     split_seed: int = 0
     max_test_images: int | None = None  # cap on evaluated images (CI / quick looks)
+    # Embedded phantoms only: labelled images on each side, the positive share, and how faint and
+    # small the opacities may be (0 to 1; higher leaves more decisions near the boundary).
+    phantom_test_images: int = 3000
+    phantom_train_images: int = 2500
+    positive_share: float = 0.73  # about 1:2.7 normal to positive, like the public pediatric pneumonia set
+    phantom_difficulty: float = 0.5
+    # The label-free fidelity pool (measurement.verdict): decisions against the reference's on
+    # independent images bound the accuracy change. A folder of unlabelled images (searched
+    # recursively), or on the embedded phantoms this many freshly generated ones; 0: no pool.
+    fidelity_root: str | None = None
+    fidelity_pool_images: int = 5000
 
 
 @dataclass
@@ -431,11 +445,25 @@ def _validate(p: Params, source: str) -> Params:
         if path is not None and not Path(path).is_file():
             fail(f"model.{key}", f"names a file that does not exist: {path} (fix the path, or remove "
                  "the key to train the embedded default model)")
-    for key in ("root", "train_root"):
+    for key in ("root", "train_root", "fidelity_root"):
         path = getattr(p.data, key)
         if path is not None and not Path(path).is_dir():
-            fail(f"data.{key}", f"names a folder that does not exist: {path} (an ImageFolder: one "
-                 "sub-folder per class)")
+            fail(f"data.{key}", f"names a folder that does not exist: {path} (" + (
+                "a folder of unlabelled images, searched recursively" if key == "fidelity_root" else
+                "an ImageFolder: one sub-folder per class") + ")")
+    if not 0 < p.data.positive_share < 1:
+        fail("data.positive_share", f"must be strictly between 0 and 1, got {p.data.positive_share}")
+    if not 0 <= p.data.phantom_difficulty <= 1:
+        fail("data.phantom_difficulty", f"must be between 0 and 1, got {p.data.phantom_difficulty}")
+    for key in ("phantom_test_images", "phantom_train_images"):
+        if getattr(p.data, key) < 2:
+            fail(f"data.{key}", f"must be at least 2, got {getattr(p.data, key)}")
+    if p.data.fidelity_pool_images < 0:
+        fail("data.fidelity_pool_images", "must be 0 (no generated pool) or more images")
+    if p.is_embedded and p.data.embedded == "phantoms" and p.data.positive_class is None:
+        from ..workload.phantoms import POSITIVE
+
+        p.data.positive_class = POSITIVE  # the phantoms' positive class, scored by a one-logit model
     if p.data.train_root is not None and p.data.root is None:
         fail("data.train_root", "needs data.root too (the evaluated images)")
     if len(p.data.mean) not in (1, 3) or len(p.data.std) != len(p.data.mean):
@@ -450,9 +478,9 @@ def _validate(p: Params, source: str) -> Params:
         fail("model.num_classes", "must be at least 1 (1: a single sigmoid logit for data.positive_class)")
     if p.model.num_classes == 1 and p.data.positive_class is None:
         fail("model.num_classes", "is 1 (one sigmoid logit): set 'data.positive_class' to the class the logit scores")
-    if p.model.num_classes == 1 and p.data.root is None:
-        fail("model.num_classes", "is 1 (one sigmoid logit) but the embedded digits have 10 classes: set data.root "
-             "to a two-class ImageFolder")
+    if p.model.num_classes == 1 and p.data.root is None and p.data.embedded == "digits":
+        fail("model.num_classes", "is 1 (one sigmoid logit) but the embedded digits have 10 classes: set "
+             "data.embedded: phantoms, or data.root to a two-class ImageFolder")
     if not 0 < p.model.decision_threshold < 1:
         fail("model.decision_threshold", f"must be a probability strictly between 0 and 1, got {p.model.decision_threshold}")
     for key in ("operating_specificity", "operating_sensitivity"):

@@ -1,7 +1,9 @@
 """The measurement every chapter does: evaluate, time, compare, measure memory, write records.
 
 `measure(runners, images, labels, class_names, params, notebook, ...)` evaluates each runner on
-the same images, compares its predictions with the reference's, times all runners in alternating
+the same images, compares its predictions with the reference's (on the label-free pool too, where
+one is given) and judges the accuracy change against the budget (measurement.verdict), times all
+runners in alternating
 blocks (per-stage latency and throughput), computes the same-run speed-ups against the named
 references as paired ratios, optionally times a same-vs-same twin of the reference (the noise
 floor), measures each configuration's peak memory in its own child process, and writes one record
@@ -24,6 +26,7 @@ from ..results.values import NoiseFloor, Throughput, to_plain
 from ..workload.outputs import Outputs
 from . import gpu_telemetry, load, timing
 from .memory import MemoryMeasurementError, measure_memory
+from . import verdict as verdicts
 from .metrics import classification_metrics, fidelity
 from .stats import independent_ratio, paired_ratio, summarize, trials_in_common
 
@@ -54,7 +57,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             reference_logits: np.ndarray | None = None, speedups_against: list[str] | None = None,
             noise_floor: bool = False, also_compare: tuple[str, ...] = (), keep_existing: tuple[str, ...] = (),
             discard: tuple[str, ...] = (), data_summary: dict | None = None, outputs: Outputs | None = None,
-            known_memory: dict | None = None, progress: bool = True) -> Measurement:
+            known_memory: dict | None = None, pool=None, progress: bool = True) -> Measurement:
     """Measure `runners` on `images` and write one record each.
 
     reference          the runner (in `runners`, or measured before: then pass `reference_logits`)
@@ -72,6 +75,9 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
                        data.positive_class, model.decision_threshold)
     known_memory       {runner name: Memory} already measured from the same artifact (the final
                        round's finalists): reused, not measured again
+    pool               workload.data.Pool: unlabelled independent images; each runner's decisions
+                       on them against the reference's go into its fidelity (inference only, at
+                       bench.eval_batch_size, once per runner), and from them its verdict
     Each runner's size, artifact, kernels, one-time costs and details (Runner.describe) go into its
     record; its peak memory is measured in a child process from its artifact (bench.memory).
     """
@@ -96,6 +102,12 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
         if reference not in logits:
             raise ValueError(f"measure: reference {reference!r} is not among the runners {names}; pass reference_logits")
         reference_logits = logits[reference]
+    pool_decisions, pool_s = {}, {}
+    if pool is not None and reference in names:
+        for r in runners:
+            t0 = time.perf_counter()
+            pool_decisions[r.name] = outputs.predict(evaluate(r, pool.images, params.bench.eval_batch_size))
+            pool_s[r.name] = time.perf_counter() - t0
 
     timed = list(runners)
     twin = None
@@ -127,6 +139,8 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
     for r in runners:
         fid = fidelity(logits[r.name], reference_logits, labels, reference, outputs) \
             if reference is not None and r.name != reference else None
+        if fid is not None and r.name in pool_decisions:
+            fid.pool = verdicts.pool_agreement(pool_decisions[r.name], pool_decisions[reference], pool.source)
         throughput = {}
         for bs, s in thr.items():
             batch = summarize(s[r.name])
@@ -153,6 +167,10 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
                                             sorted({latency_bs, max(params.bench.batch_sizes)}), r.threads, r.device)
                 except MemoryMeasurementError as e:
                     memory_note = str(e)
+        accuracy = classification_metrics(logits[r.name], labels, class_names, outputs, operating)
+        # what these images can resolve, said once on the reference's record
+        resolution = {"resolution": verdicts.resolution(accuracy, len(pool.images) if pool is not None else None)} \
+            if r.name == reference else {}
         rec = Record(
             target=params.target, notebook=notebook, name=r.name, technique=r.technique,
             backend=r.backend, precision=r.precision, status="ok",
@@ -161,21 +179,22 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
             speedups=[paired_ratio(*trials_in_common(s[ref], s[r.name]), reference=ref, metric=metric, batch_size=bs)
                       for metric, bs, s in by_metric for ref in speedups_against],
             noise_floor=nf, size_bytes=r.size_bytes, memory=memory,
-            accuracy=classification_metrics(logits[r.name], labels, class_names, outputs, operating),
-            fidelity=fid, kernels=r.kernels, one_time_cost_seconds=dict(r.one_time_cost_seconds),
+            accuracy=accuracy, fidelity=fid, kernels=r.kernels, one_time_cost_seconds=dict(r.one_time_cost_seconds),
             artifact=relative_to(r.artifact, base) if r.artifact is not None else None,
             settings={**r.settings(), "threads": r.threads, "settle_s": params.bench.settle_s},
             environment=environment,
             extra={"stage_split": r.stage_split, "stage_split_max_abs_diff": stage_split_error(r, images),
                    "eval_seconds": eval_s[r.name], "bench": vars(params.bench),
+                   **({"pool_seconds": pool_s[r.name]} if r.name in pool_s else {}),
                    "stopping": {"rule": timing.stopping_rule(params.bench), "latency_trials": len(totals[r.name]),
                                 "throughput_trials": {str(bs): len(s[r.name]) for bs, s in thr.items()}},
                    "load": {**monitor.summary(r.name), **({"wait_for_quiet": quiet} if quiet else {})},
                    **({"dataset": data_summary} if data_summary else {}),
                    **({"memory_not_measured": memory_note} if memory_note else {}),
                    **({"memory_reused": "measured from the same artifact before (known_memory)"}
-                      if r.name in (known_memory or {}) else {}), **r.details},
+                      if r.name in (known_memory or {}) else {}), **resolution, **r.details},
         )
+        rec.verdict = verdicts.verdict_of(rec, params.quant.max_accuracy_drop)
         gpu = {str(bs): gpu_telemetry.combine(per[r.name]).to_dict() for bs, per in telemetry.items() if r.name in per}
         if gpu:  # absent, not zero, where nothing was sampled (CPU runners, no NVML)
             rec.extra["gpu_telemetry"] = gpu

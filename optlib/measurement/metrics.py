@@ -8,6 +8,8 @@ from sklearn import metrics as skm
 
 from ..results.values import Fidelity, OperatingPointShift
 from ..workload.outputs import Outputs
+from .verdict import METHOD as PAIRED_METHOD
+from .verdict import PairedCounts, paired_change_ci
 
 
 def accuracy_ci(correct: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -109,24 +111,22 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
     return out
 
 
-def operating_point_shift(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray, outputs: Outputs,
-                          n_resamples: int = 2000, seed: int = 0) -> OperatingPointShift:
-    """Did the operating point move? At the user's threshold: the change of sensitivity and of
-    specificity against the reference, each with a paired bootstrap 95% interval (the same images
-    resampled for both). And the threshold at which this model keeps the reference's sensitivity,
-    with the specificity it then has."""
+def operating_point_shift(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray,
+                          outputs: Outputs) -> OperatingPointShift:
+    """Did the operating point move? At the user's threshold: the change of sensitivity (over the
+    positives) and of specificity (over the negatives) against the reference, each with Newcombe's
+    paired interval (measurement.verdict.paired_change_ci; their n is each class's count, smaller
+    than the whole set's, so these intervals are wider). And the threshold at which this model
+    keeps the reference's sensitivity, with the specificity it then has."""
     labels = np.asarray(labels)
     pos = labels == outputs.positive_index
     yes_c = outputs.predict(logits) == outputs.positive_index
     yes_r = outputs.predict(reference_logits) == outputs.positive_index
-    idx = np.random.default_rng(seed).integers(0, len(labels), size=(n_resamples, len(labels)))
     changes = {}
     for key, of, hit_c, hit_r in (("sensitivity", pos, yes_c, yes_r), ("specificity", ~pos, ~yes_c, ~yes_r)):
-        n = of[idx].sum(axis=1)
-        delta = ((hit_c & of)[idx].sum(axis=1) - (hit_r & of)[idx].sum(axis=1)) / np.maximum(n, 1)
-        lo, hi = np.percentile(delta[n > 0], [2.5, 97.5]) if (n > 0).any() else (np.nan, np.nan)
         point = _rate(hit_c, of) - _rate(hit_r, of)
-        changes[key] = (point, (float(min(lo, point)), float(max(hi, point))))
+        ci = paired_change_ci(PairedCounts.from_correct(hit_c[of], hit_r[of])) if of.any() else (np.nan, np.nan)
+        changes[key] = (point, (float(ci[0]), float(ci[1])))
     keep, spec_there = None, None
     if pos.any():
         target = _rate(yes_r, pos)
@@ -136,17 +136,19 @@ def operating_point_shift(logits: np.ndarray, reference_logits: np.ndarray, labe
             keep = float(scores[k - 1])  # the highest threshold that still flags k positives
             spec_there = _rate(outputs.positive_scores(logits) < keep, ~pos)
     return OperatingPointShift(outputs.threshold, changes["sensitivity"][0], changes["sensitivity"][1],
-                               changes["specificity"][0], changes["specificity"][1], keep, spec_there)
+                               changes["specificity"][0], changes["specificity"][1], keep, spec_there,
+                               positives=int(pos.sum()), negatives=int((~pos).sum()))
 
 
 def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray,
-             reference_name: str, outputs: Outputs | None = None, n_resamples: int = 2000, seed: int = 0) -> Fidelity:
+             reference_name: str, outputs: Outputs | None = None) -> Fidelity:
     """How a runner differs from the reference on the same images, in the same order.
 
     top1_agreement and flips (decisions that changed, as `outputs` decides), max/mean abs logit and
-    probability differences, the accuracy change with a paired bootstrap 95% interval (the same
-    resampled images for both) and, for a binary problem, the operating_point_shift.
-    Raises ValueError when the shapes differ.
+    probability differences, the paired table (both right, only this one right, only the reference
+    right, both wrong), the accuracy change with Newcombe's paired interval
+    (measurement.verdict.paired_change_ci, valid with no or few changed decisions) and, for a binary
+    problem, the operating_point_shift. Raises ValueError when the shapes differ.
     """
     a = np.asarray(logits, dtype=np.float64)
     b = np.asarray(reference_logits, dtype=np.float64)
@@ -155,12 +157,7 @@ def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
     outputs = outputs or Outputs.for_data(None, [str(i) for i in range(a.shape[1])], None)
     labels = np.asarray(labels)
     pa, pb = outputs.predict(a), outputs.predict(b)
-    ca = (pa == labels).astype(float)
-    cb = (pb == labels).astype(float)
-    diff = ca - cb
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(n_resamples, len(diff)))
-    lo, hi = np.percentile(diff[idx].mean(axis=1), [2.5, 97.5])
+    counts = PairedCounts.from_correct(pa == labels, pb == labels)
     flips = pa != pb
     prob_diff = np.abs(outputs.probabilities(a) - outputs.probabilities(b))
     return Fidelity(
@@ -168,15 +165,18 @@ def fidelity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
         top1_agreement=float(1 - flips.mean()),
         flips=int(flips.sum()),
         flip_rate=float(flips.mean()),
-        flips_now_correct=int((flips & (pa == labels)).sum()),
-        flips_now_wrong=int((flips & (pb == labels)).sum()),
+        flips_now_correct=int(counts.only_new),
+        flips_now_wrong=int(counts.only_reference),
         max_abs_diff=float(np.abs(a - b).max()),
         mean_abs_diff=float(np.abs(a - b).mean()),
-        accuracy_change=float(diff.mean()),
-        accuracy_change_ci95=(float(min(lo, diff.mean())), float(max(hi, diff.mean()))),
+        accuracy_change=float(counts.change),
+        accuracy_change_ci95=paired_change_ci(counts),
         probability_max_abs_diff=float(prob_diff.max()),
         probability_mean_abs_diff=float(prob_diff.mean()),
-        operating_point=operating_point_shift(a, b, labels, outputs, n_resamples, seed) if outputs.binary else None,
+        operating_point=operating_point_shift(a, b, labels, outputs) if outputs.binary else None,
+        both_correct=int(counts.both),
+        both_wrong=int(counts.neither),
+        accuracy_change_ci95_method=PAIRED_METHOD,
     )
 
 

@@ -1,5 +1,6 @@
 """Comparisons over records: the results table every chapter shows, the kernels table, the
-accuracy-budget pick, and the configurations a run cannot tell apart from the pick.
+accuracy-budget pick (by the one verdict rule, measurement.verdict), and the configurations a run
+cannot tell apart from the pick.
 
 Column names are results.values.VOCABULARY's; an interval is shown as "[lo, hi]".
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 import pandas as pd
 
 from ..measurement.stats import paired_ratio, trials_in_common
+from ..measurement.verdict import verdict_of
 from .records import Record
+from .values import to_plain
 
 
 def fmt_ci(ci, digits: int = 2, percent: bool = False) -> str:
@@ -20,7 +23,8 @@ def results_table(records: list[Record], references: list[str] | None = None) ->
     """One row per measured record: kernels, latency_ms with its interval, p95_ms, the same-run
     speedup against each of `references` (default: every reference the records were compared
     with), images_per_s at the largest batch size, size_mb, peak_memory_mb, accuracy,
-    accuracy_change with its paired interval, flips, and `contended` where the machine was busy."""
+    accuracy_change with its paired interval, flips, the verdict against the budget it was measured
+    with and the label-free pool's bound, and `contended` where the machine was busy."""
     ok = [r for r in records if r.ok and r.latency is not None]
     if references is None:
         references = list(dict.fromkeys(s.reference for r in ok for s in r.speedups))
@@ -44,6 +48,10 @@ def results_table(records: list[Record], references: list[str] | None = None) ->
             row["accuracy_change"] = r.fidelity.accuracy_change
             row["accuracy_change_ci95"] = fmt_ci(r.fidelity.accuracy_change_ci95, percent=True)
             row["flips"] = r.fidelity.flips
+            if r.verdict is not None:
+                row["verdict"] = r.verdict.label
+            if r.fidelity.pool is not None:
+                row["pool_changed_bound"] = r.fidelity.pool.changed_share_bound
             row.update(operating_point_columns(r))
         if contended(r):
             row["contended"] = contended(r)
@@ -131,24 +139,48 @@ def kernels_table(records: list[Record]) -> pd.DataFrame:
     return pd.DataFrame(rows).T.fillna("")
 
 
-def fastest_within_budget(records: dict[str, Record], max_accuracy_drop: float,
-                          candidates: list[str]) -> tuple[str | None, pd.DataFrame]:
-    """The fastest of `candidates` (by latency_ms) whose accuracy change against the reference stays
-    within the budget *on its whole 95% interval* (lower bound >= -max_accuracy_drop).
-
-    Returns (name or None, a table of every candidate with its verdict, fastest first).
-    """
+def budget_table(records: dict[str, Record], max_accuracy_drop: float, candidates: list[str]) -> pd.DataFrame:
+    """Every candidate against the accuracy budget, fastest first: latency_ms, the accuracy change
+    with Newcombe's paired interval, flips, the verdict (measurement.verdict.judge: within / worse /
+    unresolved), the evidence that decided it, the labelled images that would resolve an
+    unresolved one, and the label-free pool's bound where it was measured."""
     rows = {}
     for name in candidates:
         r = records[name]
+        v = verdict_of(r, max_accuracy_drop)
         f = r.fidelity
-        change, (lo, hi), flips = (f.accuracy_change, f.accuracy_change_ci95, f.flips) if f else (0.0, (0.0, 0.0), 0)
-        rows[name] = {"latency_ms": r.latency.median, "accuracy_change": change, "accuracy_change_ci95_low": lo,
-                      "accuracy_change_ci95_high": hi, "flips": flips, "within_budget": lo >= -max_accuracy_drop,
-                      "point_within_budget": change >= -max_accuracy_drop}
-    df = pd.DataFrame(rows).T.sort_values("latency_ms")
-    ok = df[df["within_budget"].astype(bool)]
-    return (ok.index[0] if len(ok) else None), df
+        rows[name] = {"latency_ms": r.latency.median,
+                      "accuracy_change": f.accuracy_change if f else 0.0,
+                      "accuracy_change_ci95": fmt_ci(f.accuracy_change_ci95, percent=True) if f else "reference",
+                      "flips": f.flips if f else 0,
+                      "verdict": v.label if v else "reference",
+                      "images_to_resolve": v.images_to_resolve if v else None,
+                      "pool_changed_bound": v.pool_changed_share_bound if v else None,
+                      "within_budget": v is None or v.outcome == "within",
+                      "why": v.why if v else "the reference itself"}
+    return pd.DataFrame(rows).T.sort_values("latency_ms") if rows else pd.DataFrame()
+
+
+def budget_choice(m, max_accuracy_drop: float, candidates: list[str], path) -> tuple[str | None, pd.DataFrame, list[str]]:
+    """A chapter's accuracy-budget pick (04 and 06): the fastest of `candidates` (by latency_ms) whose
+    verdict is `within` (the one rule, measurement.verdict.within_budget), the budget_table, and the
+    candidates within the budget that the same-run latency cannot tell apart from it; written to
+    `path` (JSON) with every candidate's verdict and the evidence that decided it.
+    `m`: the chapter's measurement.experiment.Measurement."""
+    from ..core.io import write_json_atomic
+
+    table = budget_table(m.records, max_accuracy_drop, candidates)
+    ok = table[table["within_budget"].astype(bool)] if len(table) else table
+    best = ok.index[0] if len(ok) else None
+    ties = indistinguishable(m.latency_samples, best, list(ok.index)) if best else []
+    write_json_atomic({"max_accuracy_drop": max_accuracy_drop, "chosen": best, "indistinguishable_in_speed": ties,
+                       "rule": "fastest latency_ms whose verdict is within: its paired accuracy-change interval "
+                               "(Newcombe) lies above -max_accuracy_drop, or the label-free pool's exact bound on the "
+                               "changed share is at most max_accuracy_drop (not for fine-tuned models)",
+                       "verdicts": {n: to_plain(verdict_of(m.records[n], max_accuracy_drop)) for n in candidates},
+                       "candidates": table.drop(columns="why").reset_index(names="name").to_dict(orient="records")
+                       if len(table) else []}, path)
+    return best, table, ties
 
 
 def same_run_ratio(latency_samples: dict, reference: str, candidate: str):

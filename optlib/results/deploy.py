@@ -12,7 +12,8 @@
                      `python predict.py --check` re-runs them in a fresh process
 
 The choice: the fastest configuration of the final round (chapter 99) that ONNX Runtime runs and
-whose accuracy change against FP32 stays above -quant.max_accuracy_drop on its whole interval;
+whose verdict against quant.max_accuracy_drop is within (measurement.verdict: its paired interval
+lies above the budget, or the label-free pool bounds its change within it);
 without a final round, the largest own-run speed-up against pytorch-fp32 among those. The folder
 is written beside the old one and swapped in only when complete.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import paths
+from ..measurement.verdict import within_budget
 from ..workload.outputs import Outputs
 from . import final_round
 from .records import Record, load_records
@@ -41,13 +43,13 @@ def choose(records: list[Record], max_accuracy_drop: float) -> tuple[Record, str
     """(the record to hand off, why it was chosen)."""
     def onnx_within(r: Record) -> bool:
         return (r.ok and r.latency is not None and r.artifact is not None and r.artifact.kind == "onnxruntime"
-                and (r.fidelity is None or r.fidelity.within_budget(max_accuracy_drop)))
+                and within_budget(r, max_accuracy_drop))
 
     final = [r for r in records if r.name.startswith(final_round.PREFIX) and onnx_within(r)]
     if final:
         best = min(final, key=lambda r: r.latency.median)
-        return best, (f"the fastest configuration of the final round that ONNX Runtime runs and whose accuracy change "
-                      f"stays above -{max_accuracy_drop:.1%} on its 95% interval")
+        return best, (f"the fastest configuration of the final round that ONNX Runtime runs and whose verdict against "
+                      f"the {max_accuracy_drop:.1%} accuracy budget is within")
     own = [r for r in records if not r.name.startswith(final_round.PREFIX) and onnx_within(r)
            and r.speedup(final_round.REFERENCE) is not None]
     if not own:
@@ -55,7 +57,7 @@ def choose(records: list[Record], max_accuracy_drop: float) -> tuple[Record, str
                           "02_onnx_and_compilers (and 99_comparison for the final round) first")
     best = max(own, key=lambda r: r.speedup(final_round.REFERENCE).value)
     return best, (f"no final round yet: the largest own-run speed-up against {final_round.REFERENCE} among the ONNX "
-                  f"Runtime configurations within -{max_accuracy_drop:.1%}")
+                  f"Runtime configurations whose verdict against the {max_accuracy_drop:.1%} budget is within")
 
 
 def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[str], spec: dict) -> str:
@@ -75,6 +77,11 @@ def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[st
         f = record.fidelity
         lo, hi = f.accuracy_change_ci95
         lines.append(f"| accuracy change against {f.reference} | {f.accuracy_change:+.2%} | {lo:+.2%} to {hi:+.2%} |")
+        if record.verdict is not None:
+            lines.append(f"| verdict against the {record.verdict.max_accuracy_drop:.1%} budget | {record.verdict.label} | |")
+        if f.pool is not None:
+            lines.append(f"| decisions that differ on the label-free pool | {f.pool.changed} of {f.pool.images} | at most "
+                         f"{f.pool.changed_share_bound:.2%} (exact) |")
         lines.append(f"| predictions that differ from {f.reference} | {f.flips} of {record.accuracy.get('n', '?')} | |")
     if record.accuracy:
         lines.append(f"| accuracy | {record.accuracy['accuracy']:.2%} | |")
@@ -95,6 +102,11 @@ def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[st
               f"- Output: {outputs.kind} over {class_names}"
               + (f", positive class `{class_names[outputs.positive_index]}` at probability >= {outputs.threshold:g}"
                  if outputs.binary and outputs.positive_index is not None else "") + ".",
+              "", "## Data", "",
+              f"- Measured on {(record.extra.get('dataset') or {}).get('source', '?')}: "
+              f"{(record.extra.get('dataset') or {}).get('test_images', '?')} evaluated images."
+              + (" These are synthetic phantoms, not medical images: the numbers say nothing about real radiographs."
+                 if "phantoms" in str((record.extra.get("dataset") or {}).get("source", "")) else ""),
               "", "## Machine", "",
               f"- {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores; GPU: {env.get('gpu') or 'none'}",
               f"- measured {env.get('timestamp', '?')}, git {env.get('git_commit', '?')}, parameters "

@@ -48,18 +48,31 @@ def _errors(center: np.ndarray, cis) -> np.ndarray:
     return np.clip(np.vstack([center - lo, hi - center]), 0, None)
 
 
-def data_overview(dataset, spec, n: int = 12):
-    """Images per class (evaluated and training side) and a strip of `n` preprocessed samples."""
+def data_overview(dataset, spec, per_class: int = 6):
+    """Images per class (evaluated and training side) and, for each class (at most ten), the first
+    `per_class` evaluated images as the model sees them (preprocessed), one row per class; synthetic
+    data says so in the title."""
     from ..workload.data import preprocess
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw={"width_ratios": [1, 1.4]})
     dataset.class_balance().plot.bar(ax=axes[0], title="images per class")
-    idx = np.linspace(0, len(dataset.test) - 1, min(n, len(dataset.test))).astype(int)
-    x = preprocess([dataset.test.images[i] for i in idx], spec)[:, 0].numpy()
-    axes[1].imshow(np.concatenate([(s - s.min()) / (np.ptp(s) + 1e-9) for s in x], axis=1), cmap="gray")
-    axes[1].set_title("preprocessed samples: " + " ".join(dataset.class_names[dataset.test.labels[i]] for i in idx))
-    axes[1].axis("off")
+    rows, names = [], []
+    for c, name in enumerate(dataset.class_names[:10]):
+        idx = np.flatnonzero(dataset.test.labels == c)[:per_class]
+        if not len(idx):
+            continue
+        x = preprocess([dataset.test.images[i] for i in idx], spec)[:, 0].numpy()
+        tiles = [(t - t.min()) / (np.ptp(t) + 1e-9) for t in x] + [np.zeros_like(x[0])] * (per_class - len(x))
+        rows.append(np.concatenate(tiles, axis=1))
+        names.append(name)
+    axes[1].imshow(np.concatenate(rows, axis=0), cmap="gray")
+    size = rows[0].shape[0]
+    axes[1].set_yticks([size * (i + 0.5) for i in range(len(names))], names)
+    axes[1].set_xticks([])
+    synthetic = "phantoms" in dataset.source
+    axes[1].set_title(("synthetic phantoms, not medical images: " if synthetic else "") + f"first {per_class} per class",
+                      fontsize=9)
     fig.tight_layout()
     return fig
 

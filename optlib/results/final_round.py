@@ -25,6 +25,8 @@ from ..backends.base import Runner
 from ..core import paths
 from ..measurement import roofline, timing
 from ..measurement.stats import bootstrap_ci, holm, mcnemar_exact_p, summarize
+from ..measurement.verdict import resolution_statement as verdict_resolution
+from ..measurement.verdict import within_budget
 from .compare import contended, fmt_ci
 from .records import Record, load_records
 
@@ -55,8 +57,7 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
 
     Candidates are measured records of this device with an artifact. Chosen, in this order: the
     references (pytorch-fp32, onnxruntime-fp32); the accuracy-budget pick (the largest own-run
-    speed-up against pytorch-fp32 whose accuracy change stays above -max_accuracy_drop on its
-    whole interval); `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its
+    speed-up against pytorch-fp32 whose verdict is within: measurement.verdict.within_budget); `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its
     own run, fastest first, until `limit`; with `factorial`, the cells of `factorial_design` (beyond
     `limit`: the design needs them all). ValueError naming comparison.finalists for a name that is
     not a candidate."""
@@ -80,10 +81,10 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
         if ref in candidates:
             choose(ref, "reference")
     within = [r for r in candidates.values() if _speed(r) is not None and r.name != REFERENCE
-              and r.fidelity is not None and r.fidelity.within_budget(max_accuracy_drop)]
+              and r.fidelity is not None and within_budget(r, max_accuracy_drop)]
     if within:
         choose(max(within, key=_speed).name,
-               f"largest own-run speed-up whose accuracy change stays above -{max_accuracy_drop:.1%} on its interval")
+               f"largest own-run speed-up whose verdict against the {max_accuracy_drop:.1%} budget is within")
     for name in named or []:
         if name not in candidates:
             raise ValueError(f"'comparison.finalists': {name!r} is not a measured configuration with an artifact on "
@@ -328,7 +329,8 @@ def headline_table(records: dict[str, Record]) -> pd.DataFrame:
     """One row per finalist (the configuration it re-times), fastest first: its chapter, kernels,
     latency_ms with its interval, the speed-up against pytorch-fp32 in this round with its interval
     and whether it clears the noise floor, the same ratio from its own chapter's run, accuracy
-    change with its paired interval, flips and McNemar's exact p on them (and Holm-adjusted over
+    change with its paired interval and its verdict against the budget (with the label-free pool's
+    bound where measured), flips and McNemar's exact p on them (and Holm-adjusted over
     the finalists, one family against one reference), the calibration of its
     probabilities (ECE, Brier score; the reference's row for comparison), size, and images/s at the
     largest batch."""
@@ -353,6 +355,8 @@ def headline_table(records: dict[str, Record]) -> pd.DataFrame:
         f = r.fidelity
         if f is not None:
             row.update(accuracy_change=f.accuracy_change, accuracy_change_ci95=fmt_ci(f.accuracy_change_ci95, percent=True),
+                       verdict=r.verdict.label if r.verdict else None,
+                       pool_changed_bound=f.pool.changed_share_bound if f.pool else None,
                        flips=f.flips, mcnemar_p=mcnemar_exact_p(f.flips_now_correct, f.flips_now_wrong))
         if r.accuracy and "ece" in r.accuracy:  # calibration: can move while top-1 does not
             row.update(ece=r.accuracy["ece"], brier=r.accuracy["brier"])
@@ -476,7 +480,12 @@ def findings(records: dict[str, Record]) -> str:
             line += f", {own['speedup']:.2f}x [{own['speedup_ci95'][0]:.2f}, {own['speedup_ci95'][1]:.2f}] in its own run"
         if r.fidelity is not None:
             line += f"; accuracy {r.fidelity.describe_change()}"
+        if r.verdict is not None:
+            line += f", **{r.verdict.label}** the {r.verdict.max_accuracy_drop:.1%} budget"
         lines.append(line + ".")
+    res = ref.extra.get("resolution")
+    if res:
+        lines.append(verdict_resolution(res, ref.extra["final_round"].get("max_accuracy_drop", 0.005)))
     roof = roofline_table(records)
     if not roof.empty and roof["share_of_peak"].notna().any():
         share = roof["share_of_peak"].dropna().astype(float)

@@ -1,8 +1,8 @@
 """Result records: one JSON file per measured configuration, outputs/<target>/results/<name>.json.
 
-This module is the one place the schema is defined. A record (schema "optlib.result/2") has:
+This module is the one place the schema is defined. A record (schema "optlib.result/3") has:
 
-  schema             "optlib.result/2"
+  schema             "optlib.result/3"
   target             the params target (outputs/<target>/)
   notebook           notebook that wrote it, e.g. "01_baseline"
   name               unique per target, e.g. "pytorch-fp32", "onnxruntime-fp32"
@@ -22,7 +22,10 @@ This module is the one place the schema is defined. A record (schema "optlib.res
   size_bytes         size of the deployable artifact (state_dict, .onnx + .onnx.data, engine)
   memory             Memory: peak resident memory of a fresh process running this configuration
   accuracy           measurement.metrics.classification_metrics(...)
-  fidelity           Fidelity against the reference; None for the reference itself
+  fidelity           Fidelity against the reference (the paired table, Newcombe's interval, the
+                     label-free pool's agreement); None for the reference itself
+  verdict            Verdict against quant.max_accuracy_drop (measurement.verdict.judge): within,
+                     worse or unresolved, the evidence that decided it and why; None for the reference
   kernels            Kernels: what really executed (integer / reduced-precision / mixed / fake-quant /
                      cast-emulated / float)
   one_time_cost_seconds  {label: seconds} paid once (export, calibration, compile, fine-tune, ...)
@@ -31,7 +34,8 @@ This module is the one place the schema is defined. A record (schema "optlib.res
   environment        library versions, CPU/GPU, git commit, timestamp, params hash
   extra              technique-specific details (quantization config, evidence tables, ...)
 
-Records of schema "optlib.result/1" (before the typed fields) are not read: `load_records` reports
+Records of an older schema ("optlib.result/1" before the typed fields, "/2" before the paired
+counts and verdicts) are not read: `load_records` reports
 each as invalid with the instruction to rerun its chapter.
 """
 from __future__ import annotations
@@ -44,10 +48,10 @@ from pathlib import Path
 from ..core import manifest, paths
 from ..core.choices import STATUSES
 from ..core.io import write_json_atomic
-from .values import (Artifact, Fidelity, Kernels, LatencySummary, Memory, NoiseFloor, Ratio, Throughput,
+from .values import (Artifact, Fidelity, Kernels, LatencySummary, Memory, NoiseFloor, Ratio, Throughput, Verdict,
                      from_plain, to_plain)
 
-SCHEMA = "optlib.result/2"
+SCHEMA = "optlib.result/3"
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Record:
     memory: Memory | None = None
     accuracy: dict | None = None
     fidelity: Fidelity | None = None
+    verdict: Verdict | None = None
     kernels: Kernels | None = None
     one_time_cost_seconds: dict[str, float] = field(default_factory=dict)
     artifact: Artifact | None = None

@@ -32,7 +32,8 @@ def comparison_table(records: list[Record], reference: str = REFERENCE) -> pd.Da
     """One row per record (VOCABULARY's column names): latency_ms with its interval and p95_ms, the
     same-run speedup against `reference` with its interval (blank when the record was not measured
     against it), images_per_s at the largest batch, size, peak memory, accuracy and its change
-    against the reference. Skipped and failed records keep their row with the reason."""
+    against the reference with its verdict against the budget (and the label-free pool's
+    agreement). Skipped and failed records keep their row with the reason."""
     rows = []
     for r in records:
         row = {"name": r.name, "notebook": r.notebook, "technique": r.technique, "backend": r.backend,
@@ -56,6 +57,11 @@ def comparison_table(records: list[Record], reference: str = REFERENCE) -> pd.Da
                 row.update(accuracy_change=f.accuracy_change,
                            accuracy_change_ci95=fmt_ci(f.accuracy_change_ci95, percent=True), flips=f.flips,
                            top1_agreement=f.top1_agreement, max_abs_diff=f.max_abs_diff, **operating_point_columns(r))
+                if r.verdict is not None:
+                    row.update(verdict=r.verdict.label, images_to_resolve=r.verdict.images_to_resolve)
+                if f.pool is not None:
+                    row.update(pool_changed=f.pool.changed, pool_images=f.pool.images,
+                               pool_changed_bound=f.pool.changed_share_bound)
             elif r.name == reference:
                 row["accuracy_change"] = 0.0
             if r.memory is not None:
@@ -89,7 +95,8 @@ def write_tables(df: pd.DataFrame, target: str) -> dict[str, Path]:
     """tables/comparison.*: every record's columns in the CSV, the measured ones' main columns in
     the LaTeX and Markdown tables."""
     cols = [c for c in ("name", "precision", "kernels", "latency_ms", "latency_ci95_ms", "p95_ms", "speedup",
-                        "speedup_ci95", "size_mb", "accuracy", "accuracy_change", "flips") if c in df.columns]
+                        "speedup_ci95", "size_mb", "accuracy", "accuracy_change", "accuracy_change_ci95", "verdict",
+                        "flips") if c in df.columns]
     ok = df[df["status"] == "ok"][cols] if "status" in df else df[cols]
     return save_table(df, target, "comparison", short=ok)
 
@@ -101,8 +108,8 @@ def _fig_to_base64(fig) -> str:
 
 
 CHAPTER_COLUMNS = ("name", "precision", "kernels", "threads", "latency_ms", "latency_ci95_ms", "speedup", "speedup_ci95",
-                   "images_per_s", "size_mb", "accuracy", "accuracy_change", "accuracy_change_ci95", "flips",
-                   "contended")  # contended: only where a record was timed on a busy machine
+                   "images_per_s", "size_mb", "accuracy", "accuracy_change", "accuracy_change_ci95", "verdict",
+                   "flips", "contended")  # contended: only where a record was timed on a busy machine
 HTML_TABLE = dict(float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp")
 
 
@@ -156,6 +163,7 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     page = env.get_template("report.html.j2").render(
         target=target, reference=reference, final=_final_context(final, target, tables), chapters=chapters,
+        data_source=next(((r.extra.get("dataset") or {}).get("source") for r in ok if (r.extra or {}).get("dataset")), None),
         latency_accuracy=_fig_to_base64(scatter), training=training_ctx, across=across_ctx,
         machine=_machine(ok[0].environment if ok else {}), not_ok=[r for r in records if not r.ok],
         tables=[str(p.relative_to(paths.target_dir(target))) for p in tables.values()])
@@ -182,9 +190,11 @@ def _recommendation(final: dict[str, Record]) -> str:
     except DeployError as e:
         return f"<p><b>No recommendation:</b> {html.escape(str(e))}</p>"
     s, f = r.speedup(ref.name), r.fidelity
+    v = r.verdict
     text = (f"**Recommended: {r.extra['final_round']['of']}** ({why}): {s.value:.2f}x [{s.ci95[0]:.2f}, "
             f"{s.ci95[1]:.2f}] the speed of {final_round.REFERENCE} at batch {r.batch_size} in this round"
-            + (f", accuracy {f.describe_change()}" if f is not None else "") + ". It is the model in `deploy/`.")
+            + (f", accuracy {f.describe_change()}" if f is not None else "")
+            + (f". Verdict: **{v.label}**: {v.why}" if v is not None else "") + ". It is the model in `deploy/`.")
     return _markdown(text)
 
 
@@ -250,7 +260,7 @@ def summary(target: str, fmt: str = "table", reference: str = REFERENCE) -> str:
     if df.empty:
         return f"no records under {paths.results_dir(target)}"
     cols = [c for c in ("name", "status", "precision", "latency_ms", "latency_ci95_ms", "p95_ms", "speedup",
-                        "speedup_ci95", "images_per_s", "size_mb", "accuracy", "accuracy_change", "flips",
-                        "reason") if c in df.columns]
+                        "speedup_ci95", "images_per_s", "size_mb", "accuracy", "accuracy_change", "accuracy_change_ci95",
+                        "verdict", "flips", "reason") if c in df.columns]
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
         return df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")

@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from ..core.choices import KERNEL_LABELS, check_choice
+from ..core.choices import KERNEL_LABELS, VERDICTS, check_choice
 
 VOCABULARY = {
     "latency_ms": "the full model's time per call at the latency batch size: median of the per-trial "
@@ -28,10 +28,16 @@ VOCABULARY = {
     "images_per_s": "batch size / median batch latency at the largest batch size",
     "accuracy": "top-1 accuracy on the evaluated images",
     "accuracy_change": "accuracy minus the reference's on the same images (fraction)",
-    "accuracy_change_ci95": "paired bootstrap 95% interval of accuracy_change (same images resampled)",
+    "accuracy_change_ci95": "Newcombe's paired score 95% interval of accuracy_change (method 10; valid with no "
+                            "or few changed decisions)",
+    "verdict": "against the accuracy budget: within (the interval, or the label-free pool's bound, shows the drop "
+               "is at most the budget), worse (the interval lies below it) or unresolved, with the evidence",
+    "images_to_resolve": "labelled images that would resolve an unresolved verdict at the observed discordance",
+    "pool_changed_bound": "exact (Clopper-Pearson) 95% upper bound of the share of decisions that change on the "
+                          "label-free pool of independent images: a bound on the accuracy change",
     "flips": "evaluated images whose predicted class differs from the reference's",
-    "sensitivity_change": "binary problems: sensitivity minus the reference's at the decision threshold, with a "
-                          "paired bootstrap interval (specificity_change likewise)",
+    "sensitivity_change": "binary problems: sensitivity minus the reference's at the decision threshold, with "
+                          "Newcombe's paired interval over the positives (specificity_change: the negatives)",
     "size_mb": "size of the deployable artifact on disk, MB (10^6 bytes)",
     "peak_memory_mb": "peak resident memory of a fresh process running this configuration, MB",
     "kernels": "what really ran: integer or reduced-precision (BF16/FP16) kernels, mixed (some heavy operators "
@@ -97,16 +103,30 @@ class OperatingPointShift:
     user's question: a compressed model can keep top-1 and still trade sensitivity for specificity)."""
     threshold: float  # the user's decision threshold on the positive probability
     sensitivity_change: float  # at that threshold, against the reference
-    sensitivity_change_ci95: tuple[float, float]  # paired bootstrap over images
+    sensitivity_change_ci95: tuple[float, float]  # Newcombe's paired interval over the positives
     specificity_change: float
     specificity_change_ci95: tuple[float, float]
     threshold_keeping_reference_sensitivity: float | None = None  # on this configuration's probabilities
     specificity_at_that_threshold: float | None = None
+    positives: int = 0  # the n of the sensitivity interval (specificity: negatives)
+    negatives: int = 0
 
     def describe(self) -> str:
         (slo, shi), (plo, phi) = self.sensitivity_change_ci95, self.specificity_change_ci95
         return (f"sensitivity {self.sensitivity_change:+.2%} (95% CI {slo:+.2%} to {shi:+.2%}), specificity "
                 f"{self.specificity_change:+.2%} (95% CI {plo:+.2%} to {phi:+.2%}) at threshold {self.threshold:g}")
+
+
+@dataclass
+class PoolAgreement:
+    """Decisions against the reference's on a label-free pool of independent images
+    (measurement.verdict.pool_agreement): the share that changes bounds the accuracy change."""
+    source: str  # where the pool's images come from (a folder, or the generator and its seed)
+    images: int
+    changed: int
+    changed_share: float
+    changed_share_bound: float  # exact (Clopper-Pearson) 95% upper bound
+    unit: str = "image"  # what one independent draw is
 
 
 @dataclass
@@ -116,23 +136,48 @@ class Fidelity:
     top1_agreement: float
     flips: int
     flip_rate: float
-    flips_now_correct: int
-    flips_now_wrong: int
+    flips_now_correct: int  # b: right now, wrong in the reference
+    flips_now_wrong: int  # c: wrong now, right in the reference
     max_abs_diff: float  # logits
     mean_abs_diff: float
     accuracy_change: float
-    accuracy_change_ci95: tuple[float, float]
+    accuracy_change_ci95: tuple[float, float]  # Newcombe's paired interval (accuracy_change_ci95_method)
     probability_max_abs_diff: float = 0.0
     probability_mean_abs_diff: float = 0.0
     operating_point: OperatingPointShift | None = None  # binary problems
-
-    def within_budget(self, max_accuracy_drop: float) -> bool:
-        """The whole interval of the accuracy change stays above -max_accuracy_drop."""
-        return self.accuracy_change_ci95[0] >= -max_accuracy_drop
+    both_correct: int = 0  # a: right in both (with b, c and both_wrong: the paired table)
+    both_wrong: int = 0  # d: wrong in both (a changed wrong class included)
+    accuracy_change_ci95_method: str = ""
+    pool: PoolAgreement | None = None  # the label-free pool, where one was measured
 
     def describe_change(self) -> str:
         lo, hi = self.accuracy_change_ci95
         return f"{self.accuracy_change:+.2%} (95% CI {lo:+.2%} to {hi:+.2%}), {self.flips} flip(s)"
+
+
+@dataclass
+class Verdict:
+    """A configuration against the accuracy budget (measurement.verdict.judge): the outcome, the
+    evidence that decided it (the labelled paired interval, or the label-free pool's bound) and why."""
+    outcome: str  # within | worse | unresolved
+    evidence: str  # labelled | pool
+    max_accuracy_drop: float
+    accuracy_change: float
+    accuracy_change_ci95: tuple[float, float]
+    labelled_images: int
+    images_to_resolve: int | None = None  # unresolved: labelled images at this discordance that would resolve it
+    pool_changed_share_bound: float | None = None
+    pool_images: int | None = None
+    fine_tuned: bool = False
+    why: str = ""
+
+    def __post_init__(self):
+        check_choice("verdict.outcome", self.outcome, VERDICTS)
+
+    @property
+    def label(self) -> str:
+        """`within (pool)`, `within (labelled)`, `worse` or `unresolved`: a table cell."""
+        return f"{self.outcome} ({self.evidence})" if self.outcome == "within" else self.outcome
 
 
 @dataclass

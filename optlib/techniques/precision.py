@@ -497,8 +497,10 @@ def findings(records: dict, slow: dict, capabilities: dict) -> list[str]:
         lo, hi = changed_share_ci(b.fidelity.flips, n)
         lines.append(f"What {n} test images can resolve: one changed prediction is {1 / n:.2%} of accuracy; the "
                      f"{b.fidelity.flips} changed here put the share of predictions BF16 changes at [{lo:.2%}, {hi:.2%}] "
-                     f"(exact 95%), and even none changed would leave {changed_share_ci(0, n)[1]:.2%}: a change "
-                     "smaller than that cannot be shown or excluded on this test set, only on a larger one.")
+                     f"(exact 95%), and even none changed would leave {changed_share_ci(0, n)[1]:.2%}.")
+        if b.verdict is not None:
+            v = b.verdict
+            lines.append(f"Against the {v.max_accuracy_drop:.1%} budget, {best} is **{v.label}**: {v.why}.")
     for n in (n for n in every if n.startswith("pytorch-") and "autocast" in n and every[n].ok):
         lines.append(f"`{n}`: {every[n].speedup(e)} (weights stay FP32; the casts are paid at every call).")
     c32 = next((n for n in records if n.startswith("compile-fp32") and records[n].ok), None)

@@ -381,7 +381,7 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
     if best:
         b, stages = R[best], R[best].latency_ms
         against_int8 = ", ".join(f"{b.speedup(n)} `{n}`" for n in study.dense_int8_names() if b.speedup(n))
-        lines.append(f"Within the budget of {budget:.1%} (judged on the interval's lower bound) the fastest configuration is "
+        lines.append(f"Within the budget of {budget:.1%} (verdict **{b.verdict.label}**: {b.verdict.why}) the fastest configuration is "
                      f"**{best}** ({b.kernels.label if b.kernels else 'float'} kernels): {b.latency.median:.3f} ms at batch "
                      f"{b.batch_size}, {b.speedup('pytorch-fp32')} eager FP32"
                      + (f"; against the unpruned ONNX Runtime INT8: {against_int8}" if against_int8 else "")
@@ -398,7 +398,8 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
                          + "; ".join(f"`{t}` {same_run_ratio(m.latency_samples, n, t)}" for n, t in threads
                                      if best in (n, t) or n in study.dense_int8_names()) + ".")
     else:
-        lines.append(f"No configuration stays within {budget:.1%} on its whole interval: see the budget table.")
+        lines.append(f"No configuration is shown within {budget:.1%} by its evidence (the paired interval, or the label-free "
+                     "pool for models that were not fine-tuned): see the budget table and its verdicts.")
     for n, t in profiles.items():
         lines.append(f"`{n}`: {t.loc['all operators', 'us_per_call']:.0f} us per call in operators, "
                      f"{t.loc['outside operators', 'share_of_run']:.0%} of the run outside them.")

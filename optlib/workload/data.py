@@ -1,4 +1,5 @@
-"""Images and labels: the embedded digits data or a user's ImageFolder, and the one
+"""Images and labels: the embedded workload (synthetic chest-radiograph-like phantoms, or
+scikit-learn's digits) or a user's ImageFolder, the label-free fidelity pool, and the one
 preprocessing every backend shares.
 
 Raw images are uint8 numpy arrays (H x W for grayscale, H x W x 3 for colour), decoded once at
@@ -60,8 +61,16 @@ class ImageSet:
 
 
 @dataclass
+class Pool:
+    """Unlabelled images for the label-free fidelity pool (measurement.verdict), independent of
+    the evaluated ones and from the same source."""
+    images: list[np.ndarray]
+    source: str
+
+
+@dataclass
 class Dataset:
-    source: str  # "digits" or the ImageFolder root
+    source: str  # "digits", "phantoms (...)" or the ImageFolder root
     class_names: list[str]
     test: ImageSet
     train: ImageSet | None
@@ -196,14 +205,99 @@ def load_digits_dataset(data: DataParams) -> Dataset:
     )
 
 
+# --- embedded default: synthetic chest-radiograph-like phantoms ----------------------------------
+
+PHANTOM_SEEDS = {"test": 1000, "train": 2000, "pool": 3000}  # + data.split_seed: sets share no image
+
+
+def phantom_images(data: DataParams, side: str, n: int, target: str | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """`n` phantoms of one side (test, train or pool) at data.image_size, cached as .npz under
+    outputs/<target>/data/ (keyed by everything that shapes them) when `target` is given: every
+    chapter reads the same images without drawing them again."""
+    from ..core import paths
+    from ..core.io import atomic_write
+    from ..core.params import stable_hash
+    from . import phantoms
+
+    seed = PHANTOM_SEEDS[side] + data.split_seed
+    key = stable_hash({"side": side, "n": n, "seed": seed, "size": data.image_size, "share": data.positive_share,
+                       "difficulty": data.phantom_difficulty, "generator": phantoms.VERSION})
+    path = paths.target_dir(target) / "data" / f"phantoms-{side}-{key}.npz" if target else None
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return list(z["images"]), z["labels"]
+    images, labels = phantoms.generate(n, seed, data.image_size, data.positive_share, data.phantom_difficulty)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a path
+                np.savez(f, images=np.stack(images), labels=labels)
+        atomic_write(path, write)
+    return images, labels
+
+
+def load_phantom_dataset(data: DataParams, target: str | None = None) -> Dataset:
+    """Synthetic phantoms (workload.phantoms; not medical images): data.phantom_test_images
+    evaluated and data.phantom_train_images training images, classes normal / opacity."""
+    from . import phantoms
+
+    n_test = data.phantom_test_images if data.max_test_images is None else min(data.phantom_test_images,
+                                                                               data.max_test_images)
+    test, test_y = phantom_images(data, "test", n_test, target)
+    train, train_y = phantom_images(data, "train", data.phantom_train_images, target)
+    return Dataset(
+        source=f"phantoms ({phantoms.DISCLAIMER}; difficulty {data.phantom_difficulty:g})",
+        class_names=list(phantoms.CLASSES),
+        test=ImageSet(test, test_y, [f"phantoms/test[{i}]" for i in range(len(test))]),
+        train=ImageSet(train, train_y, [f"phantoms/train[{i}]" for i in range(len(train))]),
+    )
+
+
+def load_fidelity_pool(params: Params) -> tuple[Pool | None, str]:
+    """The label-free pool and where it comes from, or (None, why there is none): every readable
+    image under data.fidelity_root, else data.fidelity_pool_images freshly generated phantoms when
+    the evaluated images are the embedded phantoms (other seeds than the test and training sides)."""
+    data = params.data
+    if data.fidelity_root is not None:
+        root = Path(data.fidelity_root)
+        images, skipped = [], []
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            try:
+                images.append(_decode(f))
+            except Exception as e:
+                skipped.append((str(f), f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"))
+        for path, why in skipped:
+            print(f"fidelity pool: skipped {path} ({why})")
+        if not images:
+            raise DataError(f"{root}: data.fidelity_root has no readable images")
+        return Pool(images, f"{root} ({len(images)} unlabelled images)"), ""
+    if params.is_embedded and data.embedded == "phantoms":
+        if data.fidelity_pool_images == 0:
+            return None, "data.fidelity_pool_images is 0"
+        images, _ = phantom_images(data, "pool", data.fidelity_pool_images, params.target)
+        return Pool(images, f"freshly generated phantoms (seed {PHANTOM_SEEDS['pool'] + data.split_seed})"), ""
+    return None, ("the evaluated images have no independent source of more images here: set data.fidelity_root "
+                  "to a folder of unlabelled images from the same source")
+
+
 # --- ImageFolder -------------------------------------------------------------------------------
 
 def _decode(path: Path) -> np.ndarray:
+    """One file as a uint8 array (H x W grayscale, H x W x 3 colour). 16-bit grayscale (PNG
+    "I;16" and kin, or "I" holding values above 255) is scaled by its bit depth (v / 257, rounded),
+    not clipped: Pillow's convert("L") clips them."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("L", "1", "I", "I;16", "F", "LA"):
+        if im.mode.startswith("I;16") or im.mode == "I":
+            a = np.asarray(im).astype(np.float64)
+            if im.mode.startswith("I;16") or a.max() > 255:
+                if a.min() < 0 or a.max() > 65535:
+                    raise ValueError(f"{im.mode} values outside 0..65535 ({a.min():g} to {a.max():g})")
+                a = a / 257.0
+            return np.round(a).astype(np.uint8)
+        if im.mode in ("L", "1", "F", "LA"):
             im = im.convert("L")
         else:
             im = im.convert("RGB")
@@ -262,7 +356,7 @@ def load_dataset(params: Params) -> Dataset:
     """The evaluated (test) images and the training side used for calibration / fine-tuning."""
     data = params.data
     if data.root is None:
-        return load_digits_dataset(data)
+        return load_phantom_dataset(data, params.target) if data.embedded == "phantoms" else load_digits_dataset(data)
     test, names, skipped = load_image_folder(data.root, max_images=data.max_test_images)
     train = None
     if data.train_root is not None:

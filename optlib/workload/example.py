@@ -43,6 +43,17 @@ def binary_head_net() -> nn.Module:
     return BinaryHeadNet()
 
 
+def resnet18_mlp_head(num_classes: int = 1, hidden: int = 128) -> nn.Module:
+    """model.arch: optlib.workload.example:resnet18_mlp_head. A torchvision ResNet18 whose `fc` is a
+    custom MLP head ending in `num_classes` logits (one: a sigmoid classifier): the embedded
+    phantoms' default model, a custom head as users fine-tune one, in ResNet's own layout."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = nn.Sequential(nn.Linear(512, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, num_classes))
+    return model
+
+
 def write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
     from PIL import Image
 

@@ -330,8 +330,13 @@ def default_model_key(params: Params, num_classes: int) -> str:
     d = params.data
     recipe = {"arch": params.model.arch, "num_classes": num_classes, "train": asdict(params.train),
               "data": {k: getattr(d, k) for k in ("image_size", "grayscale_to_rgb", "mean", "std",
-                                                   "test_fraction", "split_seed")},
+                                                   "test_fraction", "split_seed", "embedded")},
               "torch": torch.__version__.split("+")[0]}
+    if d.embedded == "phantoms":
+        from . import phantoms
+
+        recipe["phantoms"] = {k: getattr(d, k) for k in ("phantom_train_images", "positive_share", "phantom_difficulty")}
+        recipe["phantoms"]["version"] = phantoms.VERSION
     return stable_hash(recipe)
 
 
