@@ -138,7 +138,7 @@ def test_every_consumer_applies_the_one_rule(tmp_path):
     budget pick and the hand-off all take the pool-certified one."""
     from optlib.results import compare, deploy, final_round
 
-    recs = {"pytorch-fp32": _record("pytorch-fp32", 10.0, None, "01_baseline", speedup=1.0),
+    recs = {"pytorch-fp32": _record("pytorch-fp32", 10.0, None, "01_baseline", kind="pytorch-eager", speedup=1.0),
             "qat-fast": _record("qat-fast", 0.5, fidelity(0, 0, 540, pool(2)), fine_tune=30.0),
             "ptq-pool": _record("ptq-pool", 1.0, fidelity(0, 0, 540, pool(2))),
             "ptq-no-pool": _record("ptq-no-pool", 0.8, fidelity(0, 0, 540)),
@@ -164,6 +164,8 @@ def test_every_consumer_applies_the_one_rule(tmp_path):
     assert budget_pick == ["ptq-pool"]
     picked, why = deploy.choose(list(recs.values()), 0.005)
     assert picked.name == "ptq-pool" and "within" in why
+    with pytest.raises(deploy.DeployError, match="none of the 1 ONNX Runtime configuration.*unresolved"):
+        deploy.choose([recs["pytorch-fp32"], recs["ptq-no-pool"]], 0.005)  # nothing certified: nothing handed off
     for r in recs.values():  # the stored verdict is the same rule's
         r.verdict = V.verdict_of(r, 0.005)
     assert [n for n, r in recs.items() if V.within_budget(r, 0.005)] == ["pytorch-fp32", "ptq-pool", "ptq-slow"]

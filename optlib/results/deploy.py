@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import paths
-from ..measurement.verdict import within_budget
+from ..measurement.verdict import verdict_of, within_budget
 from ..workload.outputs import Outputs
 from . import final_round
 from .records import Record, load_records
@@ -53,6 +53,13 @@ def choose(records: list[Record], max_accuracy_drop: float) -> tuple[Record, str
     own = [r for r in records if not r.name.startswith(final_round.PREFIX) and onnx_within(r)
            and r.speedup(final_round.REFERENCE) is not None]
     if not own:
+        onnx = [r for r in records if r.ok and r.artifact is not None and r.artifact.kind == "onnxruntime"
+                and r.speedup(final_round.REFERENCE) is not None]
+        if onnx:
+            raise DeployError(f"none of the {len(onnx)} ONNX Runtime configuration(s) is shown within the "
+                              f"{max_accuracy_drop:.1%} accuracy budget by its evidence (verdicts: "
+                              + ", ".join(sorted({v.label for r in onnx if (v := verdict_of(r, max_accuracy_drop))}))
+                              + "): more labelled images, or a label-free pool (data.fidelity_root), can resolve them")
         raise DeployError("no ONNX Runtime configuration with a same-run speed-up within the accuracy budget: run "
                           "02_onnx_and_compilers (and 99_comparison for the final round) first")
     best = max(own, key=lambda r: r.speedup(final_round.REFERENCE).value)

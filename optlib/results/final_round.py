@@ -25,8 +25,7 @@ from ..backends.base import Runner
 from ..core import paths
 from ..measurement import roofline, timing
 from ..measurement.stats import bootstrap_ci, holm, mcnemar_exact_p, summarize
-from ..measurement.verdict import resolution_statement as verdict_resolution
-from ..measurement.verdict import within_budget
+from ..measurement.verdict import resolution_statement, within_budget
 from .compare import contended, fmt_ci
 from .records import Record, load_records
 
@@ -57,8 +56,9 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
 
     Candidates are measured records of this device with an artifact. Chosen, in this order: the
     references (pytorch-fp32, onnxruntime-fp32); the accuracy-budget pick (the largest own-run
-    speed-up against pytorch-fp32 whose verdict is within: measurement.verdict.within_budget); `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its
-    own run, fastest first, until `limit`; with `factorial`, the cells of `factorial_design` (beyond
+    speed-up against pytorch-fp32 whose verdict is within: measurement.verdict.within_budget);
+    `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its own run,
+    fastest first, until `limit`; with `factorial`, the cells of `factorial_design` (beyond
     `limit`: the design needs them all). ValueError naming comparison.finalists for a name that is
     not a candidate."""
     left_out: dict[str, str] = {}
@@ -485,7 +485,7 @@ def findings(records: dict[str, Record]) -> str:
         lines.append(line + ".")
     res = ref.extra.get("resolution")
     if res:
-        lines.append(verdict_resolution(res, ref.extra["final_round"].get("max_accuracy_drop", 0.005)))
+        lines.append(resolution_statement(res, ref.extra["final_round"].get("max_accuracy_drop", 0.005)))
     roof = roofline_table(records)
     if not roof.empty and roof["share_of_peak"].notna().any():
         share = roof["share_of_peak"].dropna().astype(float)

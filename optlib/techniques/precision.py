@@ -198,11 +198,14 @@ _ISA: dict[str, str] = {}  # oneDNN prints its header once per process: the firs
 
 
 def onednn_isa(log: str) -> str | None:
-    """The instruction set oneDNN dispatches to, from its verbose header (or the header an earlier
-    log of this process carried)."""
+    """The instruction set oneDNN dispatches to, from this log's verbose header, or (oneDNN prints
+    it once per process) the header an earlier log of this process carried. The log's own header
+    wins: a cached one first seen elsewhere (an AMX machine's "Intel AVX10.1 and Intel AMX ...")
+    must not relabel it."""
     for line in log.splitlines():
         if ",info,cpu,isa:" in line:
-            _ISA.setdefault("isa", line.split("isa:", 1)[1].strip())
+            _ISA["isa"] = line.split("isa:", 1)[1].strip()
+            return _ISA["isa"]
     return _ISA.get("isa")
 
 
