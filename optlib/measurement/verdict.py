@@ -142,9 +142,9 @@ def images_to_resolve(counts: PairedCounts, max_drop: float, confidence: float =
 def changed_share_bound(changed: int, images: int, confidence: float = CONFIDENCE) -> float:
     """Exact (Clopper-Pearson) upper end of the share of decisions that change, from `changed` of
     `images` independent images (scipy.stats.binomtest): a bound on how much the accuracy can move."""
-    from scipy.stats import binomtest
+    from .metrics import changed_share_ci  # metrics imports this module: imported here, not at the top
 
-    return float(binomtest(int(changed), int(images)).proportion_ci(confidence, method="exact").high)
+    return changed_share_ci(changed, images, confidence)[1]
 
 
 def pool_agreement(decisions: np.ndarray, reference_decisions: np.ndarray, source: str,
