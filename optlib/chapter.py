@@ -89,10 +89,15 @@ class Chapter:
         return record_skipped(self.params, self.notebook, name, technique, backend, precision, reason, **kwargs)
 
     def attempt(self, name: str, technique: str, backend: str, precision: str, build, *args, status: str = "failed",
-                **kwargs):
+                skip_reason: str | None = None, **kwargs):
         """`build(*args, **kwargs)`, or, when it raises, a `failed` record (or `status`, e.g. skipped
         when a library cannot handle the model) with the error and its traceback, and None: one
-        technique that breaks on a model does not end the chapter."""
+        technique that breaks on a model does not end the chapter. With `skip_reason` (e.g. an
+        optional runtime that cannot be imported here) nothing is built: a `skipped` record."""
+        if skip_reason:
+            self.skip(name, technique, backend, precision, skip_reason)
+            print(f"{name} skipped ({skip_reason})")
+            return None
         try:
             return build(*args, **kwargs)
         except Exception as e:

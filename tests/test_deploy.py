@@ -35,3 +35,16 @@ def test_predict_py_decisions_match_optlib_outputs(kind, names, positive, thresh
     idx, prob = dp.decide(logits, classes)
     np.testing.assert_array_equal(idx, outputs.predict(logits))
     np.testing.assert_allclose(prob, outputs.probabilities(logits)[np.arange(len(idx)), idx], rtol=1e-12)
+
+
+def test_predict_py_reads_16_bit_grayscale_as_optlib_does(tmp_path):
+    from PIL import Image
+
+    from optlib.workload.data import _decode
+
+    rng = np.random.default_rng(1)
+    eight = rng.integers(0, 256, size=(20, 30), dtype=np.uint8)
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "x16.png")  # every value x257, as DICOM exports
+    assert Image.open(tmp_path / "x16.png").mode.startswith("I")
+    np.testing.assert_array_equal(dp.load_image(tmp_path / "x16.png"), eight)
+    np.testing.assert_array_equal(dp.load_image(tmp_path / "x16.png"), _decode(tmp_path / "x16.png"))

@@ -280,3 +280,21 @@ def test_reduce_range_where_u8s8_saturates_keeps_weights_in_7_bits(trained):
         widths[reduce] = (min(int(a.min()) for a in w), max(int(a.max()) for a in w))
     assert widths[True][0] >= -64 and widths[True][1] <= 64  # 2 x 255 x 64 = 32640 fits 16 bits
     assert widths[False][0] < -64 or widths[False][1] > 63  # full range without it
+
+
+def test_static_quantization_leaves_the_process_log_level_alone(tmp_path):
+    import logging
+
+    from tests.helpers import tiny_resnet
+
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    graphs = qo.fp32_graphs(tiny_resnet(2), x[:2], tmp_path, ox.ExportConfig())
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        qo.static_runner(graphs, qo.calibrate_graphs(graphs, x, "minmax"), qo.StaticQuantConfig(),
+                         PreprocessSpec(32, [0.5] * 3, [0.25] * 3), OrtConfig())
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)

@@ -21,6 +21,7 @@ from .base import Runner
 LOADERS = {
     "onnxruntime": "optlib.backends.artifacts:load_onnxruntime",
     "pytorch": "optlib.backends.artifacts:load_eager",
+    "openvino": "optlib.backends.openvino:load_openvino",
     "torchscript": "optlib.techniques.compilers:load_torchscript",
     "torch-compile": "optlib.techniques.compilers:load_compiled",
     "pytorch-fx-int8": "optlib.techniques.int8_torch:load_fx_int8",

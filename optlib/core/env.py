@@ -10,8 +10,11 @@ from functools import lru_cache
 
 from . import paths
 
+# The libraries whose versions label every record and decide whether a chapter's outputs are stale
+# (core.runstate): one list for both.
 LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript",
-             "onnxslim", "torchao", "tensorrt", "torch-tensorrt", "scikit-learn", "scipy")
+             "onnxslim", "openvino", "nncf", "torchao", "torch-pruning", "tensorrt", "torch-tensorrt",
+             "scikit-learn", "scipy")
 
 
 # The instruction-set extensions that decide which kernels can run (VNNI: INT8 dot products; BF16 and

@@ -252,10 +252,10 @@ class PruneParams(_Traced):
     finetune_epochs: int = 4  # after each pruning step (and per step for the iterative model)
     ignored_layers: list[str] = field(default_factory=list)  # module paths kept whole, besides the head
     prune_head: bool = False  # the classification head is kept whole unless this is set
-    int8: bool = True  # pruned models also through ONNX Runtime static INT8 (04's recipe)
-    # Further intra-op thread counts for the INT8 graphs (unpruned and pruned), each a configuration
-    # of its own: a small graph can lose more to ONNX Runtime's per-operator parallelism than it
-    # gains. At most bench.threads (the budget every configuration shares); [] for none.
+    int8: bool = True  # pruned models also through INT8 (04's recipes: ONNX Runtime static, OpenVINO NNCF)
+    # Further thread counts for the INT8 graphs (unpruned and pruned, ONNX Runtime and OpenVINO),
+    # each a configuration of its own: a small graph can lose more to per-operator parallelism than
+    # it gains. At most bench.threads (the budget every configuration shares); [] for none.
     ort_threads: list[int] = field(default_factory=list)
     dense_control: bool = True  # the unpruned model fine-tuned with the same recipe, measured beside
     taylor_batches: int = 4  # training batches whose gradients score channels (criterion taylor)

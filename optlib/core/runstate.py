@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .env import cpu_name
+from .env import cpu_name, versions
 from .manifest import RUN_ID_ENV, SCHEMA, TRACE_ENV, read_manifest, runs_dir, write_manifest  # noqa: F401
 
 # Under the target: what chapters produce and later chapters (or the final round) read. The rest
@@ -118,17 +118,8 @@ def code_closure(notebook: Path) -> dict[str, str]:
 
 def environment_inputs(device: str) -> dict:
     """What the numbers depend on beyond the code: interpreter, libraries, CPU, device kind."""
-    from importlib import metadata
-
-    def version(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
     return {"python": platform.python_version(), "cpu": cpu_name(), "cores": os.cpu_count(), "device": device,
-            **{p: version(p) for p in ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy",
-                                       "torch-pruning", "tensorrt")}}
+            **versions()}
 
 
 # --- outputs ----------------------------------------------------------------------------------

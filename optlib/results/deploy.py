@@ -2,16 +2,17 @@
 
 `export_best(params)` (and `python -m optlib export-best --target T`) writes outputs/<T>/deploy/:
 
-  model.onnx         the chosen graph (external weights folded in), run by ONNX Runtime
+  model.onnx         the chosen graph (external weights folded in), run by ONNX Runtime; or
+  model.xml/.bin     the chosen OpenVINO IR, with runtime.json: the compile properties it was measured with
   preprocess.json    image size, mean, std, channel handling: the preprocessing it was measured with
   classes.json       class names, how logits become a class (softmax, or one sigmoid logit and the
                      positive class), the decision threshold
   MODEL_CARD.md      what was chosen and why, its measured numbers with their intervals, the machine
-  predict.py         needs onnxruntime, NumPy and Pillow only (results/deploy_predict.py)
+  predict.py         needs onnxruntime (or openvino), NumPy and Pillow only (results/deploy_predict.py)
   examples/, expected.json   a few evaluated images and optlib's predictions for them:
                      `python predict.py --check` re-runs them in a fresh process
 
-The choice: the fastest configuration of the final round (chapter 99) that ONNX Runtime runs and
+The choice: the fastest configuration of the final round (chapter 99) that ONNX Runtime or OpenVINO runs and
 whose verdict against quant.max_accuracy_drop is within (measurement.verdict: its paired interval
 lies above the budget, or the label-free pool bounds its change within it);
 without a final round, the largest own-run speed-up against pytorch-fp32 among those. The folder
@@ -33,38 +34,39 @@ from . import final_round
 from .records import Record, load_records
 
 N_EXAMPLES = 8
+# The artifact kinds a hand-off can ship: each runs with its runtime, NumPy and Pillow alone.
+HANDOFF_KINDS = ("onnxruntime", "openvino")
 
 
 class DeployError(RuntimeError):
-    """Nothing to hand off (no ONNX configuration within the budget, or no records)."""
+    """Nothing to hand off (no ONNX Runtime or OpenVINO configuration within the budget, or no records)."""
 
 
 def choose(records: list[Record], max_accuracy_drop: float) -> tuple[Record, str]:
     """(the record to hand off, why it was chosen)."""
-    def onnx_within(r: Record) -> bool:
-        return (r.ok and r.latency is not None and r.artifact is not None and r.artifact.kind == "onnxruntime"
-                and within_budget(r, max_accuracy_drop))
+    def shippable(r: Record) -> bool:
+        return r.ok and r.latency is not None and r.artifact is not None and r.artifact.kind in HANDOFF_KINDS
 
-    final = [r for r in records if r.name.startswith(final_round.PREFIX) and onnx_within(r)]
+    final = [r for r in records if r.name.startswith(final_round.PREFIX) and shippable(r)
+             and within_budget(r, max_accuracy_drop)]
     if final:
         best = min(final, key=lambda r: r.latency.median)
-        return best, (f"the fastest configuration of the final round that ONNX Runtime runs and whose verdict against "
-                      f"the {max_accuracy_drop:.1%} accuracy budget is within")
-    own = [r for r in records if not r.name.startswith(final_round.PREFIX) and onnx_within(r)
-           and r.speedup(final_round.REFERENCE) is not None]
+        return best, (f"the fastest configuration of the final round that ONNX Runtime or OpenVINO runs and whose verdict "
+                      f"against the {max_accuracy_drop:.1%} accuracy budget is within")
+    own = [r for r in records if not r.name.startswith(final_round.PREFIX) and shippable(r)
+           and within_budget(r, max_accuracy_drop) and r.speedup(final_round.REFERENCE) is not None]
     if not own:
-        onnx = [r for r in records if r.ok and r.artifact is not None and r.artifact.kind == "onnxruntime"
-                and r.speedup(final_round.REFERENCE) is not None]
+        onnx = [r for r in records if shippable(r) and r.speedup(final_round.REFERENCE) is not None]
         if onnx:
-            raise DeployError(f"none of the {len(onnx)} ONNX Runtime configuration(s) is shown within the "
+            raise DeployError(f"none of the {len(onnx)} ONNX Runtime or OpenVINO configuration(s) is shown within the "
                               f"{max_accuracy_drop:.1%} accuracy budget by its evidence (verdicts: "
                               + ", ".join(sorted({v.label for r in onnx if (v := verdict_of(r, max_accuracy_drop))}))
                               + "): more labelled images, or a label-free pool (data.fidelity_root), can resolve them")
-        raise DeployError("no ONNX Runtime configuration with a same-run speed-up within the accuracy budget: run "
+        raise DeployError("no ONNX Runtime or OpenVINO configuration with a same-run speed-up: run "
                           "02_onnx_and_compilers (and 99_comparison for the final round) first")
     best = max(own, key=lambda r: r.speedup(final_round.REFERENCE).value)
     return best, (f"no final round yet: the largest own-run speed-up against {final_round.REFERENCE} among the ONNX "
-                  f"Runtime configurations whose verdict against the {max_accuracy_drop:.1%} budget is within")
+                  f"Runtime and OpenVINO configurations whose verdict against the {max_accuracy_drop:.1%} budget is within")
 
 
 def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[str], spec: dict) -> str:
@@ -125,7 +127,7 @@ def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[st
 
 def export(target: str, record: Record, why: str, outputs: Outputs, class_names: list[str],
            examples: list[np.ndarray]) -> Path:
-    """Write outputs/<target>/deploy/ for `record` (an onnxruntime artifact); returns the folder."""
+    """Write outputs/<target>/deploy/ for `record` (an onnxruntime or openvino artifact); returns the folder."""
     import onnx
     from PIL import Image
 
@@ -138,7 +140,16 @@ def export(target: str, record: Record, why: str, outputs: Outputs, class_names:
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".deploy-", dir=base))
     try:
-        onnx.save(onnx.load(artifact.files["model"]), str(tmp / "model.onnx"))  # external data folded in
+        if artifact.kind == "openvino":
+            shutil.copyfile(artifact.files["model"], tmp / "model.xml")
+            shutil.copyfile(artifact.files["weights"], tmp / "model.bin")
+            config = artifact.options["config"]
+            runtime = {"runtime": "openvino", "properties": {
+                "INFERENCE_PRECISION_HINT": config["precision"], "PERFORMANCE_HINT": config["performance_hint"]}}
+        else:
+            onnx.save(onnx.load(artifact.files["model"]), str(tmp / "model.onnx"))  # external data folded in
+            runtime = {"runtime": "onnxruntime"}
+        (tmp / "runtime.json").write_text(json.dumps(runtime, indent=2))
         (tmp / "preprocess.json").write_text(json.dumps(spec, indent=2))
         classes = {"names": class_names, "kind": outputs.kind, "positive_index": outputs.positive_index,
                    "threshold": outputs.threshold}

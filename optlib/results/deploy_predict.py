@@ -1,11 +1,13 @@
-"""Classify images with the exported model: needs only onnxruntime, NumPy and Pillow.
+"""Classify images with the exported model: needs only its runtime (onnxruntime or openvino, as
+runtime.json says), NumPy and Pillow.
 
     python predict.py IMAGE [IMAGE ...]        one line per image: path, class, probability
     python predict.py --check                  re-run examples/ and compare with expected.json
 
-Copied as deploy/predict.py by `python -m optlib export-best`; it reads model.onnx, preprocess.json
-and classes.json beside it. The preprocessing is the one the model was measured with: 8-bit
-grayscale or RGB, scaled to [0, 1], resized with antialiased bilinear filtering to image_size x
+Copied as deploy/predict.py by `python -m optlib export-best`; it reads runtime.json, the model
+(model.onnx, or model.xml + model.bin for OpenVINO), preprocess.json and classes.json beside it.
+The preprocessing is the one the model was measured with: 8-bit grayscale or RGB (16-bit grayscale
+scaled to 8 bits by its depth, v / 257), scaled to [0, 1], resized with antialiased bilinear filtering to image_size x
 image_size, normalised with mean and std (a grayscale image is repeated into three channels when
 the model takes three).
 """
@@ -14,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -23,6 +24,9 @@ HERE = Path(__file__).resolve().parent
 def load_image(path) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
+        if im.mode.startswith("I;16") or (im.mode == "I" and np.asarray(im).max() > 255):
+            # 16-bit grayscale: scaled by its depth, not clipped (what optlib's reader does)
+            return np.clip(np.round(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
         im = im.convert("L") if im.mode in ("L", "1", "I", "I;16", "F", "LA") else im.convert("RGB")
         return np.asarray(im, dtype=np.uint8).copy()
 
@@ -69,12 +73,25 @@ def decide(logits: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
     return idx, probs[np.arange(len(idx)), idx]
 
 
+def run_model(x: np.ndarray) -> np.ndarray:
+    """Logits of the preprocessed batch, with the runtime and settings the model was measured with."""
+    runtime = json.loads((HERE / "runtime.json").read_text())
+    if runtime["runtime"] == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(HERE / "model.xml"), "CPU", runtime["properties"])
+        return np.asarray(compiled(x)[0])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
 def predict(paths) -> list[dict]:
     spec = json.loads((HERE / "preprocess.json").read_text())
     classes = json.loads((HERE / "classes.json").read_text())
-    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
     x = preprocess([load_image(p) for p in paths], spec)
-    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    logits = run_model(x)
     idx, prob = decide(np.asarray(logits), classes)
     return [{"image": str(p), "class": classes["names"][i], "index": int(i), "probability": float(q),
              "logits": [float(v) for v in row]} for p, i, q, row in zip(paths, idx, prob, np.atleast_2d(logits))]

@@ -205,14 +205,21 @@ def quantize_static(model_path: str | Path, out_path: str | Path, ranges, config
     with tempfile.TemporaryDirectory(prefix="optlib-quant-") as d:
         cache = Path(d) / "ranges.json"
         save_tensors_data(ranges, cache)
-        logging.getLogger().setLevel(logging.ERROR)  # ORT warns about pre-processing at INFO/WARNING
-        ort_quantize_static(str(model_path), str(out_path), calibration_data_reader=None, quant_format=fmt,
-                            per_channel=config.per_channel, activation_type=act, weight_type=wt,
-                            nodes_to_exclude=list(config.nodes_to_exclude) or None,
-                            nodes_to_quantize=list(config.nodes_to_quantize) if config.nodes_to_quantize else None,
-                            calibrate_method=method, calibration_cache_path=str(cache), reduce_range=config.reduce_range,
-                            extra_options={"ActivationSymmetric": config.activation_type == "int8",
-                                           "QuantizeBias": config.quantize_bias})
+        # ORT's quantizer warns about pre-processing through the root logger: quiet for this call
+        # only, then the process's own level again.
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)
+        try:
+            ort_quantize_static(str(model_path), str(out_path), calibration_data_reader=None, quant_format=fmt,
+                                per_channel=config.per_channel, activation_type=act, weight_type=wt,
+                                nodes_to_exclude=list(config.nodes_to_exclude) or None,
+                                nodes_to_quantize=list(config.nodes_to_quantize) if config.nodes_to_quantize else None,
+                                calibrate_method=method, calibration_cache_path=str(cache),
+                                reduce_range=config.reduce_range,
+                                extra_options={"ActivationSymmetric": config.activation_type == "int8",
+                                               "QuantizeBias": config.quantize_bias})
+        finally:
+            root.setLevel(level)
     return out_path
 
 

@@ -416,6 +416,7 @@ def configurations(ch, ort_config: OrtConfig | None = None, capabilities: dict |
     runner described with the kernels it executed. On a CPU target the CUDA configurations are
     skipped with the reason, and the variants slow on this CPU (Variant.slow_on_cpu; compiled BF16
     too where oneDNN has no BF16 kernels) go to the slow round."""
+    from ..backends import openvino
     from . import int8_onnx
     from .compilers import compiled_runners
     from .onnx_export import ExportConfig
@@ -428,6 +429,14 @@ def configurations(ch, ort_config: OrtConfig | None = None, capabilities: dict |
     fast, slow, skipped = [eager, ort32], [], []
     if P.precision.onnx_fp16:
         fast.append(ort_fp16_runner(graphs, ch.spec, ort_config, ort32.preprocess(images[:1])))
+    ov_names = []
+    for p in ("fp32", "bf16"):  # OpenVINO: the same graph, the precision is a compile-time hint
+        r = ch.attempt(f"openvino-{p}", "precision", "openvino", p, openvino.runner, graphs.paths["model"],
+                       ch.artifacts_dir / "openvino" / "model.xml", ch.spec, P.bench.threads, f"openvino-{p}", p,
+                       skip_reason=openvino.unavailable())
+        if r is not None:
+            fast.append(r)
+            ov_names.append(r.name)
     on_cpu = P.device == "cpu"
     caps = (capabilities if capabilities is not None else cpu_capabilities()) if on_cpu else {}
     for v in variants(P):
@@ -446,7 +455,8 @@ def configurations(ch, ort_config: OrtConfig | None = None, capabilities: dict |
     if P.device == "cpu":
         reason = ("needs a CUDA GPU (torch.cuda.is_available() is False here): run params/cuda.yaml on a GPU machine")
         skipped = [(f"cuda-{n}", "precision", n.split("-")[0], p, reason) for n, p in CUDA_ONLY]
-    references = [eager.name, ort32.name] + [r.name for r in fast if r.name.startswith("compile-fp32")]
+    references = [eager.name, ort32.name] + [n for n in ov_names if n == "openvino-fp32"] + [
+        r.name for r in fast if r.name.startswith("compile-fp32")]
     return Configurations(fast, slow, skipped, references)
 
 
@@ -477,8 +487,11 @@ def _best(records: dict, precision: str, prefix: str = "pytorch-") -> str | None
     return min(names, key=lambda n: records[n].latency.median) if names else None
 
 
-def findings(records: dict, slow: dict, capabilities: dict) -> list[str]:
-    """The chapter's discussion, from this run's records (`slow`: the slow round's)."""
+def findings(records: dict, slow: dict, capabilities: dict, latency_samples: dict | None = None) -> list[str]:
+    """The chapter's discussion, from this run's records (`slow`: the slow round's;
+    `latency_samples`: the main round's raw samples, for same-run ratios)."""
+    from ..results.compare import same_run_ratio
+
     lines = []
     flags = ", ".join(k for k in ("avx512_bf16", "amx_bf16", "avx512_fp16") if capabilities.get(k)) or "none"
     lines.append(f"This CPU's reduced-precision features: {flags} (PyTorch dispatch level "
@@ -521,6 +534,23 @@ def findings(records: dict, slow: dict, capabilities: dict) -> list[str]:
                      f"**{o.kernels.label}** ({o.kernels.share:.0%} of conv/matmul nodes ran with FP16 inputs, "
                      f"{ev.get('cast_nodes_per_call', 0)} Cast nodes per call); half the file size: "
                      f"{o.size_bytes / 1e6:.1f} MB.")
+    ov = records.get("openvino-bf16")
+    if ov is not None and ov.ok:
+        line = (f"OpenVINO BF16 (precision hint bf16 on the FP32 graph): {ov.latency.median:.3f} ms, {ov.speedup(e)} eager "
+                f"FP32" + (f", {ov.speedup('openvino-fp32')} OpenVINO FP32 (hint f32)" if ov.speedup("openvino-fp32") else "")
+                + f"; kernels **{ov.kernels.label}** ({ov.kernels.share:.0%} of conv/FC nodes in BF16: "
+                + ", ".join(sorted({h["primitive"] for h in ov.kernels.evidence.get("heavy_layers", [])})) + ")")
+        torch_bf16 = [n for n, r in every.items() if r.ok and r.precision == "bf16" and r.backend == "pytorch"]
+        if torch_bf16:
+            fastest = min(torch_bf16, key=lambda n: every[n].latency.median)
+            if latency_samples and fastest in latency_samples:
+                ratio = f"{same_run_ratio(latency_samples, fastest, ov.name)} (same-run paired ratio)"
+            else:  # the fastest PyTorch BF16 was timed in the slow round
+                ratio = (f"{every[fastest].latency.median / ov.latency.median:.2f}x (ratio of medians timed in different "
+                         "rounds)")
+            line += f"; against the fastest PyTorch BF16, `{fastest}` ({every[fastest].latency.median:.3f} ms): {ratio}"
+        fid = ov.fidelity
+        lines.append(line + (f"; accuracy change {fid.describe_change()}." if fid is not None else "."))
     native = {"fp16": "avx512_fp16", "bf16": "avx512_bf16"}
     for n, r in slow.items():
         if not r.ok:

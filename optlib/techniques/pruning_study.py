@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..backends import openvino
 from ..backends.base import evaluate
 from ..backends.onnxruntime import OrtConfig
 from ..backends.pytorch import TorchRunner
@@ -27,10 +28,11 @@ from ..workload.data import Dataset, PreprocessSpec, calibration_set, preprocess
 from ..workload.models import state_dict_size_bytes
 from ..workload.outputs import Outputs
 from ..workload.training import FineTuneRecipe, finetune
-from . import int8_onnx, pruning
+from . import int8_nncf, int8_onnx, pruning
 from .onnx_export import ExportConfig
 
 DENSE_INT8 = "onnxruntime-int8-static-{label}"  # 04's name for the dense static INT8 configuration
+DENSE_OPENVINO_INT8 = "openvino-int8-nncf"  # 04's name for the dense NNCF INT8 configuration
 
 
 @dataclass
@@ -239,10 +241,17 @@ class PruningStudy:
         images, paths_ = calibration_set(self.dataset, q.calibration_size, q.seed)
         return preprocess(images, self.spec), {"seed": q.seed, "source": "training side", "first_images": paths_[:3]}
 
-    def runners(self, pm: PrunedModel | None, backends: tuple[str, ...] = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8")) -> list:
+    @property
+    def openvino(self) -> bool:
+        """Pruned models also through NNCF INT8 on OpenVINO (with prune.int8, where it imports)."""
+        return self.int8 and openvino.unavailable() is None
+
+    def runners(self, pm: PrunedModel | None,
+                backends: tuple[str, ...] = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")) -> list:
         """The measured configurations of one model (None: the unpruned model, named as 01, 02 and
-        04 name it): PyTorch eager, ONNX Runtime FP32 over its exported graphs, and ONNX Runtime
-        static INT8 (quant.method, 04's main configuration) with its kernel evidence."""
+        04 name it): PyTorch eager, ONNX Runtime FP32 over its exported graphs, ONNX Runtime static
+        INT8 (quant.method, 04's main configuration) and OpenVINO NNCF INT8 (04's calibration images)
+        with their kernel evidence; each INT8 one also at every prune.ort_threads."""
         P = self.params
         ort_config = OrtConfig.from_params(P)
         main = int8_onnx.StaticQuantConfig.from_params(P)
@@ -259,7 +268,7 @@ class PruningStudy:
             else:
                 out.append(pruning.eager_runner(model, f"{prefix}pytorch-fp32", self.eager, self.out_dir, P.bench.threads,
                                                 details["pruning"], costs).describe(pruning_steps=details["pruning_steps"]))
-        onnx_backends = [b for b in backends if b.startswith("onnxruntime")]
+        onnx_backends = [b for b in backends if b.startswith(("onnxruntime", "openvino"))]
         if onnx_backends:
             graphs = int8_onnx.fp32_graphs(model, self.example.expand(2, -1, -1, -1).clone(), self.out_dir / (pm.label if pm else "dense"),
                                            ExportConfig.from_params(P))
@@ -273,6 +282,13 @@ class PruningStudy:
                 r = int8_onnx.static_runner(graphs, calib, main, self.spec, ort_config, name=name)
                 out.append(r.describe(one_time_cost_seconds=costs, **details))
                 out += [r.with_threads(t, f"{name}-{t}thread") for t in P.prune.ort_threads if t != P.bench.threads]
+            if "openvino-int8" in backends and self.openvino:
+                x, info = self.calibration()
+                name = DENSE_OPENVINO_INT8 if pm is None else f"{prefix}openvino-int8"
+                r = int8_nncf.runner(graphs.paths["model"], x.numpy(), graphs.out_dir / f"{name}.xml", self.spec,
+                                     P.bench.threads, name=name, calibration_info=info, one_time_cost_seconds=costs,
+                                     **details)
+                out += [r] + [r.with_threads(t, f"{name}-{t}thread") for t in P.prune.ort_threads if t != P.bench.threads]
         for r in out:
             if pm is not None:
                 r.technique = "pruning"
@@ -287,17 +303,22 @@ class PruningStudy:
         return ["pytorch-fp32", "onnxruntime-fp32"] + self.dense_int8_names()
 
     def dense_int8_names(self) -> list[str]:
-        """The unpruned static INT8 configuration at bench.threads and at each prune.ort_threads."""
+        """The unpruned INT8 configurations (ONNX Runtime static, and OpenVINO's NNCF where it runs)
+        at bench.threads and at each prune.ort_threads."""
         if not self.int8:
             return []
-        P, name = self.params, self.dense_int8_name()
-        return [name] + [f"{name}-{t}thread" for t in P.prune.ort_threads if t != P.bench.threads]
+        P = self.params
+        names = [self.dense_int8_name()] + ([DENSE_OPENVINO_INT8] if self.openvino else [])
+        return [f"{n}{suffix}" for n in names for suffix in
+                [""] + [f"-{t}thread" for t in P.prune.ort_threads if t != P.bench.threads]]
 
     def reference_of(self, runner_or_record) -> str:
         """The unpruned configuration of the same backend and precision."""
         r = runner_or_record
         if r.backend == "pytorch":
             return "pytorch-fp32"
+        if r.backend == "openvino":
+            return DENSE_OPENVINO_INT8
         return self.dense_int8_name() if r.precision == "int8" else "onnxruntime-fp32"
 
     def measured_runners(self, unstructured: PrunedModel | None, structured: dict[str, PrunedModel],
@@ -308,8 +329,8 @@ class PruningStudy:
         global threshold at the middle ratio and the rounded / unrounded pair; the iterative model on every
         backend; the dense control on ONNX Runtime FP32 and INT8."""
         p = self.params.prune
-        all3 = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8")
-        ort = ("onnxruntime-fp32", "onnxruntime-int8")
+        all3 = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")
+        ort = ("onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")
         main, mid = p.criteria[0], middle(p.ratios)
         chosen: list[tuple[PrunedModel | None, tuple]] = [(None, all3)]
         if unstructured is not None:
@@ -364,7 +385,7 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
                          f"{r.speedup('onnxruntime-fp32')}, accuracy {r.accuracy['accuracy']:.2%} after "
                          f"{pr['finetune_seconds']:.0f} s of fine-tuning.")
     rounded = f"structured-{P.prune.criteria[0]}-{round(P.prune.unrounded_ratio * 100)}"
-    for b in ("onnxruntime-fp32", "onnxruntime-int8"):
+    for b in ("onnxruntime-fp32", "onnxruntime-int8", "openvino-int8"):
         a, raw = f"{rounded}-{b}", f"{rounded}-unrounded-{b}"
         if a in R and raw in R:
             r = same_run_ratio(m.latency_samples, raw, a)
@@ -377,6 +398,13 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
         lines.append(f"Dense control (unpruned, {control.pruning['finetune_epochs']} epochs of the same fine-tuning): accuracy "
                      f"{c.accuracy['accuracy']:.2%}, change against FP32 {c.fidelity.describe_change()}; a pruned model's gain "
                      "over the unpruned one up to this much is extra training, not pruning.")
+    fastest = {b: min((r for r in pruned if r.backend == b and r.precision == "int8"), key=lambda r: r.latency.median, default=None)
+               for b in ("onnxruntime", "openvino")}
+    if all(fastest.values()):
+        o, v = fastest["onnxruntime"], fastest["openvino"]
+        lines.append(f"Fastest pruned INT8 per runtime: ONNX Runtime `{o.name}` {o.latency.median:.3f} ms, OpenVINO `{v.name}` "
+                     f"{v.latency.median:.3f} ms (same run: `{v.name}` at {same_run_ratio(m.latency_samples, o.name, v.name)} "
+                     f"the speed of `{o.name}`); against eager FP32 {o.speedup('pytorch-fp32')} and {v.speedup('pytorch-fp32')}.")
     budget = P.quant.max_accuracy_drop
     if best:
         b, stages = R[best], R[best].latency_ms
@@ -394,7 +422,7 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
             lines.append("Inside the budget and not distinguishable from it in batch-1 latency: " + ", ".join(ties) + ".")
         threads = [(n.rsplit("-", 1)[0], n) for n in R if n.endswith("thread") and n.rsplit("-", 1)[0] in R]
         if threads:
-            lines.append("ONNX Runtime intra-op threads, same graphs (speed against the bench.threads twin): "
+            lines.append("Inference threads, same graphs (speed against the bench.threads twin): "
                          + "; ".join(f"`{t}` {same_run_ratio(m.latency_samples, n, t)}" for n, t in threads
                                      if best in (n, t) or n in study.dense_int8_names()) + ".")
     else:
