@@ -65,7 +65,7 @@ class Chapter:
         """PyTorch eager FP32 of the chapter's model, with its size and the artifact it reloads from."""
         r = TorchRunner(self.model, self.spec, name=name, device=self.params.device, threads=self.params.bench.threads,
                         channels_last=channels_last, technique=technique)
-        return r.describe(size_bytes=state_dict_size_bytes(self.model),
+        return r.annotate(size_bytes=state_dict_size_bytes(self.model),
                           artifact=eager_artifact(self.model_info, self.spec, channels_last))
 
     @functools.cached_property
@@ -108,12 +108,21 @@ class Chapter:
             return None
 
 
+def chapter_params(params_file: str | None, sections: dict) -> Params:
+    """The params of a chapter: the file's when one is named (the cell's defaults ignored), else the
+    parameters cell's sections."""
+    return notebook_params(params_file) if params_file else notebook_params(None, **sections)
+
+
 def setup(notebook: str, params_file: str | None = None, progress: bool = True, **sections) -> Chapter:
-    """Validate the notebook's parameters (`sections` are the parameters cell's variables), set the
-    thread count, load the data and the model (training and caching the default one if needed)."""
+    """Validate the notebook's parameters, set the thread count, load the data and the model
+    (training and caching the default one if needed). `sections` are the parameters cell's
+    `params`: what papermill injects, or the notebook's tiny stand-alone defaults. A `params_file`
+    set by hand in the cell replaces those defaults whole (a target's 64-pixel images must not
+    become the defaults' 32); to change a value then, change it in the file."""
     from .techniques.int8_torch import use_engine
 
-    params = notebook_params(params_file, **sections)
+    params = chapter_params(params_file, sections)
     torch.set_num_threads(params.bench.threads)
     use_engine(params.quant.engine)
     dataset = load_dataset(params)

@@ -92,7 +92,7 @@ def test_ort_runner_matches_torch_runner_with_stage_split(tmp_path, model, image
     s = ort.settings()
     assert s["providers_active"] == ["CPUExecutionProvider"] and s["allow_spinning"] is False
     # another thread count is the same graphs in new sessions: same logits, its own artifact
-    ort.describe(size_bytes=123, technique_note="x")
+    ort.annotate(size_bytes=123, technique_note="x")
     two = ort.with_threads(2, "ort-2thread")
     assert two.name == "ort-2thread" and two.threads == 2 and two.settings()["intra_op_threads"] == 2
     assert two.artifact.options["config"]["intra_op_threads"] == 2 and two.artifact.files == ort.artifact.files

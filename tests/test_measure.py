@@ -26,9 +26,9 @@ def run(monkeypatch, tmp_path):
     model = tiny_resnet(3)
     weights = save_state_dict(model, paths.models_dir("m") / "r18.pt")
     info = ModelInfo("torchvision:resnet18", 3, "test", 0, weights=str(weights))
-    ref = TorchRunner(model, SPEC, name="ref", threads=1).describe(size_bytes=123, artifact=eager_artifact(info, SPEC))
+    ref = TorchRunner(model, SPEC, name="ref", threads=1).annotate(size_bytes=123, artifact=eager_artifact(info, SPEC))
     other = TorchRunner(tiny_resnet(3).half().float(), SPEC, name="other", threads=1, technique="x")
-    other.describe(one_time_cost_seconds={"export": 2.0}, custom={"k": 1})
+    other.annotate(one_time_cost_seconds={"export": 2.0}, custom={"k": 1})
     return params, images, labels, ref, other
 
 

@@ -75,3 +75,82 @@ def test_notebook_params_override_file_key_by_key(tmp_path):
     p = notebook_params(str(f), bench={"trials": 4})
     assert (p.target, p.bench.samples, p.bench.trials) == ("x", 50, 4)
     assert p.hash() != notebook_params(str(f)).hash()
+
+
+def test_interval_membership_and_wording():
+    from optlib.core.params import Interval
+
+    assert 0 in Interval(0, 1) and 1 in Interval(0, 1) and 0 not in Interval(0, 1, open_low=True)
+    assert 1 not in Interval(0, 1, open_high=True) and 0.999 in Interval(0, 1, open_high=True)
+    assert 10 ** 9 in Interval(1) and 0 not in Interval(1) and -5 in Interval(None, 5)
+    assert [Interval(1).describe(), Interval(0, open_low=True).describe(), Interval(0, 1, True, True).describe(),
+            Interval(16, 8192).describe(), Interval(0, 1, open_high=True).describe()] == [
+        "at least 1", "greater than 0", "strictly between 0 and 1", "between 16 and 8192", "in [0, 1)"]
+
+
+def _section_and_type(key):
+    import dataclasses
+    import typing
+
+    from optlib.core.params import Params
+
+    section, name = key.split(".")
+    cls = next(f.default_factory for f in dataclasses.fields(Params) if f.name == section)
+    tp = typing.get_type_hints(cls)[name]
+    is_list = typing.get_origin(tp) is list
+    scalar = typing.get_args(tp)[0] if is_list else next(a for a in (typing.get_args(tp) or (tp,)) if a is not type(None))
+    return section, name, scalar, is_list
+
+
+# A closed end that a cross-field rule (core.params._validate) only accepts with another key set.
+CROSS_FIELD_CONTEXT = {"model.num_classes": {"data": {"embedded": "phantoms"}}}
+
+
+def _declared_cases():
+    from optlib.core.params import declared_ranges
+
+    cases = []
+    for key, iv in declared_ranges().items():
+        section, name, scalar, is_list = _section_and_type(key)
+        step = 1 if scalar is int else 1e-6
+        for end, open_, sign in ((iv.low, iv.open_low, -1), (iv.high, iv.open_high, +1)):
+            if end is None:
+                continue
+            outside = end if open_ else end + sign * step
+            cases.append((key, section, name, scalar(outside), is_list, False))
+            if not open_:
+                cases.append((key, section, name, scalar(end), is_list, True))
+    return cases
+
+
+@pytest.mark.parametrize("key,section,name,value,is_list,accepted", _declared_cases(),
+                         ids=lambda v: str(v) if not isinstance(v, bool) else "")
+def test_every_declared_range_is_enforced_at_both_ends(key, section, name, value, is_list, accepted):
+    """Generated from the declarations: a value just outside each end names the key; a closed end itself passes."""
+    content = {section: {name: [value] if is_list else value}}
+    for other, values in CROSS_FIELD_CONTEXT.get(key, {}).items():  # what the explicit cross-field rules need
+        content.setdefault(other, {}).update(values)
+    if accepted:
+        assert from_dict(content)
+    else:
+        with pytest.raises(ParamsError, match=rf"'{key}(\[0\])?' must be"):
+            from_dict(content)
+
+
+def test_declared_ranges_cover_the_counts_and_fractions():
+    from optlib.core.params import declared_ranges
+
+    ranges = declared_ranges()
+    assert len(ranges) >= 50
+    for key in ("bench.samples", "bench.threads", "quant.max_accuracy_drop", "prune.ratios", "data.positive_share",
+                "memory.batch_sizes", "comparison.gemm_size", "model.decision_threshold"):
+        assert key in ranges, key
+
+
+def test_a_params_file_named_in_a_notebook_replaces_its_tiny_defaults(tmp_path):
+    from optlib.chapter import chapter_params
+
+    tiny = {"data": {"image_size": 32}, "bench": {"trials": 3}}
+    assert chapter_params(None, tiny).data.image_size == 32
+    from_file = chapter_params(str(paths.params_file_for("cpu")), tiny)
+    assert (from_file.target, from_file.data.image_size, from_file.bench.trials) == ("cpu", 64, 8)

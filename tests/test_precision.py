@@ -11,6 +11,7 @@ from optlib.backends.artifacts import load_runner
 from optlib.backends.onnxruntime import OrtConfig, make_session
 from optlib.backends.pytorch import TorchRunner
 from optlib.core.params import ParamsError, from_dict
+from optlib.chapters import precision as precision_chapter
 from optlib.techniques import precision as pr
 from optlib.workload.data import preprocess
 from tests.test_artifacts_memory import SPEC, logits_in_fresh_process, tiny_model_setup
@@ -147,7 +148,7 @@ def test_precision_params_are_validated():
     p = from_dict({"precision": {"variants": ["bf16", "fp16"], "channels_last": True}})
     assert [v.name for v in pr.variants(p)] == ["pytorch-bf16", "pytorch-bf16-channels_last", "pytorch-fp16",
                                                 "pytorch-fp16-channels_last"]
-    slow = pr.slow_params(from_dict({"precision": {"slow_samples": 4, "slow_trials": 2},
+    slow = precision_chapter.slow_params(from_dict({"precision": {"slow_samples": 4, "slow_trials": 2},
                                      "bench": {"batch_sizes": [1, 8, 32], "stop_ci_width": 0.05, "trials": 20}}))
     assert (slow.bench.samples, slow.bench.trials, slow.bench.batch_sizes, slow.bench.stop_ci_width) == (4, 2, [1], 0.0)
     # the slow round: FP16 always; BF16 only where oneDNN has no BF16 kernels (ATen's reference ones)

@@ -149,8 +149,8 @@ def test_kept_whole_names_a_missing_ignored_layer():
 
 
 @pytest.mark.parametrize("section, match", [
-    ({"ratios": [0.5, 1.0]}, r"'prune.ratios' must be fractions strictly between 0 and 1, got \[1.0\]"),
-    ({"sparsities": [0]}, r"'prune.sparsities'"),
+    ({"ratios": [0.5, 1.0]}, r"'prune.ratios\[1\]' must be strictly between 0 and 1, got 1.0"),
+    ({"sparsities": [0]}, r"'prune.sparsities\[0\]' must be strictly between 0 and 1"),
     ({"criteria": ["l3"]}, r"'prune.criteria' must be one of l2, taylor"),
     ({"iterative_steps": 1}, r"'prune.iterative_steps' must be 0 \(no iterative model\) or at least 2"),
     ({"round_to": 0}, r"'prune.round_to'"),

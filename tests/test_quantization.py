@@ -63,7 +63,7 @@ def test_static_int8_runs_integer_kernels_and_agrees(trained):
 
 def test_dynamic_int8_uses_integer_conv(trained):
     t = trained
-    q = qo.quantize_dynamic(t["fp32"], t["dir"] / "dyn.onnx")
+    q = qo.quantize_dynamic_graph(t["fp32"], t["dir"] / "dyn.onnx")
     ev = qo.execution_evidence(q)
     assert ev["kernels"] == "integer" and ("ConvInteger" in ev["integer_ops"] or "DynamicQuantizeMatMul" in ev["integer_ops"]
                                            or "MatMulInteger" in ev["integer_ops"])
@@ -202,7 +202,7 @@ def test_dynamic_gru_is_integer_and_its_stages_match_predict():
 
     torch.manual_seed(0)
     gru = DigitsGRU(hidden=32, layers=1).eval()
-    q, info = qt.quantize_dynamic(gru)
+    q, info = qt.quantize_dynamic_module(gru)
     assert info["kernels"] == "integer" and info["float_modules"] == {}
     assert any(k.endswith("dynamic.modules.rnn.GRU") for k in info["quantized_modules"])
     imgs = [np.random.default_rng(i).integers(0, 17, (8, 8)).astype(np.uint8) for i in range(6)]

@@ -104,7 +104,7 @@ def test_code_closure_covers_what_an_import_really_loads(tmp_path):
     assert loaded and loaded <= closure
     assert "optlib/techniques/pruning.py" not in closure
     chapter = runstate.code_closure(paths.NOTEBOOKS_DIR / "06_pruning.ipynb")
-    assert "optlib/techniques/pruning_study.py" in chapter and "optlib/techniques/precision.py" not in chapter
+    assert "optlib/chapters/pruning.py" in chapter and "optlib/techniques/precision.py" not in chapter
 
 
 def test_unchanged_chapters_skip_and_a_parameter_reruns_its_chapter_and_dependants(project):

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optlib.backends.base import Runner
 from optlib.backends.onnxruntime import OrtConfig
 from optlib.backends.pytorch import TorchRunner
+from optlib.backends.tensorrt import TensorRTRunner
 from optlib.core.params import BenchParams, ParamsError, from_dict
 from optlib.measurement import gpu_telemetry as gt
 from optlib.measurement import timing
@@ -195,7 +196,7 @@ def test_engine_builds_reloads_and_matches_onnxruntime(quantized, tmp_path):  # 
     f = trt_ready.artifact.files
     parts = {p: trt_tools.build_engine(f[p], tmp_path, "int8", trt_tools.graph_shapes(f[p], shapes), 2 ** 30, part=p)
              for p in ("features", "head")}
-    runner = trt_tools.TensorRTRunner(b.path, SPEC, "tensorrt-int8", "int8", features_path=parts["features"].path,
+    runner = TensorRTRunner(b.path, SPEC, "tensorrt-int8", "int8", features_path=parts["features"].path,
                                       head_path=parts["head"].path)
     expected = trt_ready.predict(images).argmax(1)
     assert (runner.predict(images).argmax(1) == expected).mean() >= 0.9

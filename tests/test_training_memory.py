@@ -13,7 +13,7 @@ from torch import nn
 from optlib.backends.artifacts import eager_artifact
 from optlib.core.params import ParamsError, from_dict
 from optlib.results.values import to_plain
-from optlib.techniques import training_memory as tm
+from optlib.measurement import training_memory as tm
 from optlib.workload.models import ModelInfo, save_state_dict
 from optlib.workload.outputs import Outputs
 from tests.helpers import HOLD_MB, holding_model, tiny_resnet
@@ -188,12 +188,12 @@ class _PooledBetween(nn.Module):
 
 def test_what_cannot_be_checkpointed_is_said_in_one_line():
     x, _ = _batch(2)
-    with pytest.raises(tm.CheckpointError, match="use block or stage"):
+    with pytest.raises(tm.CheckpointingError, match="use block or stage"):
         tm.trainable(_PooledBetween(), tm.TrainConfig("fp32", "sequential", segments=2), "fc", x)
     assert tm.checkpoint_paths(_PooledBetween(), tm.TrainConfig("fp32", "block"), "fc") == ["features.0", "features.1"]
-    with pytest.raises(tm.CheckpointError, match="memory.checkpoint_modules"):
+    with pytest.raises(tm.CheckpointingError, match="memory.checkpoint_modules"):
         tm.checkpoint_paths(nn.Linear(3, 3), tm.TrainConfig("fp32", "stage"), None)
-    with pytest.raises(tm.CheckpointError, match="'memory.checkpoint_modules'.*no module 'layer9'"):
+    with pytest.raises(tm.CheckpointingError, match="'memory.checkpoint_modules'.*no module 'layer9'"):
         tm.checkpoint_paths(tiny_resnet(3), tm.TrainConfig("fp32", "custom", modules=("layer9",)), "fc")
     assert "CUDA" in tm.unavailable_reason(tm.TrainConfig("fp16-autocast"), "cpu")
     assert tm.unavailable_reason(tm.TrainConfig("fp16-autocast"), "cuda") is None
@@ -209,7 +209,7 @@ def test_bf16_training_is_skipped_only_on_a_cpu_without_bf16_kernels(monkeypatch
 
 
 def test_memory_params_are_validated_and_enumerate_configurations():
-    with pytest.raises(ParamsError, match="'memory.batch_sizes'"):
+    with pytest.raises(ParamsError, match=r"'memory.batch_sizes\[0\]' must be at least 2"):
         from_dict({"memory": {"batch_sizes": [1, 8]}})
     with pytest.raises(ParamsError, match="'memory.checkpoint'"):
         from_dict({"memory": {"checkpoint": ["layer"]}})
@@ -223,7 +223,7 @@ def test_memory_params_are_validated_and_enumerate_configurations():
 
 
 def test_batch_sizes_whose_children_peaked_near_the_available_memory_are_not_timed_in_process():
-    from optlib.techniques.training_memory_study import too_big_to_time
+    from optlib.chapters.training_memory import too_big_to_time
 
     def run(peak):
         return tm.StepMemory("c", 0, "ok" if peak else "oom", peak_bytes=peak, resting_bytes=0)
@@ -234,3 +234,22 @@ def test_batch_sizes_whose_children_peaked_near_the_available_memory_are_not_tim
     # 16: b's 7 GB is over three quarters of 8 GB; 8 fits; 32 has no measured peak to judge by
     assert list(out) == [16] and "7.0 GB" in out[16] and "8.0 GB available" in out[16]
     assert too_big_to_time(sweep, [8, 16], available=None) == {}
+
+
+def test_sequential_on_a_wrapped_backbone_is_a_clear_skip_not_a_crash():
+    """A user's model is often the backbone wrapped as one module and a head: no chain to segment."""
+    from optlib.workload.outputs import Outputs
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            r = tiny_resnet(3)
+            r.fc = nn.Identity()
+            self.backbone, self.fc = r, nn.Linear(512, 3)
+
+        def forward(self, x):
+            return self.fc(self.backbone(x))
+
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(tm.CheckpointingError, match=r"at least 2 layers before the head; this model has \['backbone'\]"):
+        tm.choose_segments(Wrapped(), "fc", Outputs.for_data(None, ["a", "b", "c"], None), x, y)

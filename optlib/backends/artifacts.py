@@ -29,8 +29,8 @@ LOADERS = {
     "gru": "optlib.techniques.int8_torch:load_gru",
     "pytorch-pruned": "optlib.techniques.pruning:load_pruned",
     "pytorch-precision": "optlib.techniques.precision:load_precision",
-    "tensorrt": "optlib.techniques.tensorrt:load_engine",  # GPU only; never executed on this project's machines
-    "torch-tensorrt": "optlib.techniques.tensorrt:load_torch_tensorrt",  # likewise
+    "tensorrt": "optlib.backends.tensorrt:load_engine",  # GPU only; never executed on this project's machines
+    "torch-tensorrt": "optlib.backends.tensorrt:load_torch_tensorrt",  # likewise
 }
 
 

@@ -40,7 +40,7 @@ class Runner:
         self.one_time_cost_seconds: dict[str, float] = {}
         self.details: dict = {}
 
-    def describe(self, size_bytes: int | None = None, artifact: Artifact | None = None,
+    def annotate(self, size_bytes: int | None = None, artifact: Artifact | None = None,
                  kernels: Kernels | None = None, one_time_cost_seconds: dict | None = None,
                  **details) -> "Runner":
         """Attach what the technique knows about this configuration (returns the runner)."""

@@ -140,7 +140,7 @@ class OrtRunner(Runner):
         r = OrtRunner(f["model"], self.spec, name=name, config=replace(self.config, intra_op_threads=threads),
                       features_path=f.get("features"), head_path=f.get("head"), technique=self.technique,
                       precision=self.precision)
-        return r.describe(size_bytes=self.size_bytes, kernels=self.kernels,
+        return r.annotate(size_bytes=self.size_bytes, kernels=self.kernels,
                           one_time_cost_seconds=self.one_time_cost_seconds, **self.details)
 
     def _run(self, sess, x):

@@ -138,7 +138,7 @@ class OvRunner(Runner):
         """The same IR compiled anew with `threads` inference threads, described like this runner."""
         r = OvRunner(self.artifact.files["model"], self.spec, name=name, config=replace(self.config, threads=threads),
                      technique=self.technique, precision=self.precision)
-        return r.describe(size_bytes=self.size_bytes, one_time_cost_seconds=self.one_time_cost_seconds, **self.details)
+        return r.annotate(size_bytes=self.size_bytes, one_time_cost_seconds=self.one_time_cost_seconds, **self.details)
 
     def preprocess(self, images):
         return preprocess_array(images, self.spec)
@@ -169,7 +169,7 @@ def runner(onnx_path: str | Path, xml_path: str | Path, spec: PreprocessSpec, th
     hint = {"fp32": "f32", "bf16": "bf16"}[precision]
     r = OvRunner(xml_path, spec, name=name, config=OvConfig(threads=threads, precision=hint), technique=technique,
                  precision=precision)
-    return r.describe(one_time_cost_seconds={**(one_time_cost_seconds or {}), "conversion to IR": convert_seconds,
+    return r.annotate(one_time_cost_seconds={**(one_time_cost_seconds or {}), "conversion to IR": convert_seconds,
                                              "compile": r.compile_seconds}, **details)
 
 

@@ -27,7 +27,7 @@ PRECISION_VARIANTS = ("bf16-autocast", "bf16", "fp16-autocast", "fp16")
 # reduced-precision (BF16/FP16) arithmetic, float kernels behind quantize/dequantize pairs
 # (fake-quant) or behind casts / per-element widening (cast-emulated), a mix, or plain float.
 KERNEL_LABELS = ("integer", "reduced-precision", "mixed", "fake-quant", "cast-emulated", "float")
-# Chapter 08 (techniques.training_memory): training precision, and where activations are recomputed.
+# Chapter 08 (measurement.training_memory): training precision, and where activations are recomputed.
 TRAIN_PRECISIONS = ("fp32", "bf16-autocast", "fp16-autocast")  # fp16-autocast: with GradScaler, CUDA only
 CHECKPOINT_GRANULARITIES = ("stage", "block", "sequential")
 TRAIN_OPTIMIZERS = ("sgd", "adam")

@@ -4,6 +4,10 @@ A params file (YAML) or a notebook's parameters cell holds the top-level keys be
 section is optional and falls back to the defaults written here. `load_params(path)` and
 `from_dict(d, source)` raise `ParamsError` with a one-line message naming the key, the file
 and the fix.
+
+Each field declares what it accepts where it is defined: its type, its allowed values (`choice`,
+from core.choices) or its range (`interval`). `_build` checks every declaration; `_validate` keeps
+only the rules that relate fields to each other or to the file system.
 """
 from __future__ import annotations
 
@@ -76,11 +80,57 @@ class _Traced:
         return value
 
 
+def _declared(default, meta: dict):
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
 def choice(default, options: tuple):
     """A field whose value (or, for a list, every item) must be one of `options` (core.choices)."""
-    factory = (lambda: list(default)) if isinstance(default, list) else None
-    meta = {"choices": options}
-    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+    return _declared(default, {"choices": options})
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The range a number must lie in: `low` / `high` (None: unbounded), each end included unless
+    `open_low` / `open_high`."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def describe(self) -> str:
+        lo, hi = self.low, self.high
+        if hi is None:
+            return f"greater than {lo:g}" if self.open_low else f"at least {lo:g}"
+        if lo is None:
+            return f"less than {hi:g}" if self.open_high else f"at most {hi:g}"
+        if self.open_low and self.open_high:
+            return f"strictly between {lo:g} and {hi:g}"
+        if not (self.open_low or self.open_high):
+            return f"between {lo:g} and {hi:g}"
+        return f"in {'(' if self.open_low else '['}{lo:g}, {hi:g}{')' if self.open_high else ']'}"
+
+
+def interval(default, low: float | None = None, high: float | None = None, *, open_low: bool = False,
+             open_high: bool = False, hint: str = ""):
+    """A numeric field whose value (or, for a list, every item) must lie in the interval; None
+    passes where the type allows it. `hint` is added to the error (what the value means)."""
+    return _declared(default, {"interval": Interval(low, high, open_low, open_high), "hint": hint})
+
+
+def at_least(default, low: float, hint: str = ""):
+    return interval(default, low, hint=hint)
+
+
+def fraction(default, *, open_low: bool = True, open_high: bool = True, hint: str = ""):
+    """A field in (0, 1) by default; either end can be included."""
+    return interval(default, 0, 1, open_low=open_low, open_high=open_high, hint=hint)
 
 
 @dataclass
@@ -89,8 +139,8 @@ class ModelParams(_Traced):
     arch: str = "torchvision:resnet18"
     # Logits per image; None: one per class in the data. 1: a single logit for data.positive_class
     # (sigmoid), the usual binary medical classifier.
-    num_classes: int | None = None
-    decision_threshold: float = 0.5  # binary problems: positive when its probability >= this
+    num_classes: int | None = at_least(None, 1, "1: a single sigmoid logit for data.positive_class")
+    decision_threshold: float = fraction(0.5, hint="a probability")  # binary problems: positive when its probability >= this
     # Dotted attribute path of the classification head (e.g. classifier, net.fc); None: detected
     # (a trailing fc / classifier / head module). Splits the per-stage timing.
     head: str | None = None
@@ -106,70 +156,70 @@ class DataParams(_Traced):
     # normal / opacity, for a one-logit model) or scikit-learn's 10 handwritten digits.
     embedded: str = choice("digits", C.EMBEDDED_DATA)
     train_root: str | None = None  # ImageFolder for calibration / fine-tuning / QAT
-    image_size: int = 64
+    image_size: int = at_least(64, 8)
     grayscale_to_rgb: bool = True
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    std: list[float] = interval(list(IMAGENET_STD), 0, open_low=True)
     positive_class: str | None = None  # binary metrics are computed for this class
     # Binary problems: report the sensitivity reached at this specificity, and the reverse.
-    operating_specificity: float = 0.9
-    operating_sensitivity: float = 0.9
-    test_fraction: float = 0.3  # embedded digits only: 0.3 of 1797 leaves 540 test images
+    operating_specificity: float = fraction(0.9)
+    operating_sensitivity: float = fraction(0.9)
+    test_fraction: float = fraction(0.3)  # embedded digits only: 0.3 of 1797 leaves 540 test images
     split_seed: int = 0
     max_test_images: int | None = None  # cap on evaluated images (CI / quick looks)
     # Embedded phantoms only: labelled images on each side, the positive share, and how faint and
     # small the opacities may be (0 to 1; higher leaves more decisions near the boundary).
-    phantom_test_images: int = 3000
-    phantom_train_images: int = 2500
-    positive_share: float = 0.73  # about 1:2.7 normal to positive, like the public pediatric pneumonia set
-    phantom_difficulty: float = 0.5
+    phantom_test_images: int = at_least(3000, 2)
+    phantom_train_images: int = at_least(2500, 2)
+    positive_share: float = fraction(0.73)  # about 1:2.7 normal to positive, like the public pediatric pneumonia set
+    phantom_difficulty: float = fraction(0.5, open_low=False, open_high=False)
     # The label-free fidelity pool (measurement.verdict): decisions against the reference's on
     # independent images bound the accuracy change. A folder of unlabelled images (searched
     # recursively), or on the embedded phantoms this many freshly generated ones; 0: no pool.
     fidelity_root: str | None = None
-    fidelity_pool_images: int = 5000
+    fidelity_pool_images: int = at_least(5000, 0, "0: no generated pool")
 
 
 @dataclass
 class TrainParams(_Traced):
     # Training of the embedded default model (ignored when model.checkpoint is set).
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.05
+    epochs: int = at_least(5, 0)
+    batch_size: int = at_least(64, 1)
+    lr: float = interval(0.05, 0, open_low=True)
     seed: int = 0
 
 
 @dataclass
 class BenchParams(_Traced):
-    warmup: int = 10  # untimed calls before each timed block
+    warmup: int = at_least(10, 0)  # untimed calls before each timed block
     # Many short trials rather than a few long ones: this machine's speed drifts between blocks,
     # and speed-ups are per-trial ratios of adjacent blocks (measurement.stats.paired_ratio), so
     # the variance lives between trials. 20 x 175 = 3500 calls, enough for a trusted pooled p99.
-    samples: int = 175  # timed calls per trial
-    trials: int = 20  # repeated blocks, at most; the headline is the median of trial medians
+    samples: int = at_least(175, 1)  # timed calls per trial
+    trials: int = at_least(20, 1)  # repeated blocks, at most; the headline is the median of trial medians
     # Adaptive stopping (measurement.timing.still_timed): after min_trials, a configuration stops
     # being timed once the 95% intervals of its median and of its speed-ups against the references
     # are narrower than this fraction of their values (0: always `trials`). Each record keeps the
     # rule and the trials it got.
-    stop_ci_width: float = 0.0
-    min_trials: int = 5  # from 5 trials on, intervals resample trials (measurement.stats.TRIAL_LEVEL_MIN)
-    stage_every: int = 1  # every call times the full graph; every stage_every-th call the stages too
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
-    threads: int = 2
-    settle_s: float = 0.5  # pause before a timed block that follows another runtime's block
-    eval_batch_size: int = 64
+    stop_ci_width: float = interval(0.0, 0, 1, open_high=True, hint="a fraction of the median; 0: a fixed number of trials")
+    min_trials: int = at_least(5, 1)  # from 5 trials on, intervals resample trials (measurement.stats.TRIAL_LEVEL_MIN)
+    stage_every: int = at_least(1, 1)  # every call times the full graph; every stage_every-th call the stages too
+    batch_sizes: list[int] = at_least([1, 8, 32], 1)
+    threads: int = at_least(2, 1)
+    settle_s: float = at_least(0.5, 0)  # pause before a timed block that follows another runtime's block
+    eval_batch_size: int = at_least(64, 1)
     memory: bool = True  # peak memory of each configuration, measured in its own child process
     # A busy machine is named: CPU time other processes took during the timed blocks, in cores.
     # Above this the record is flagged `contended` (measurement.load).
-    contention_cores: float = 0.25
-    wait_for_quiet_s: float = 0.0  # wait up to this long for a quiet machine before timing (0: don't)
+    contention_cores: float = interval(0.25, 0, open_low=True)
+    wait_for_quiet_s: float = at_least(0.0, 0)  # wait up to this long for a quiet machine before timing (0: don't)
 
 
 @dataclass
 class RunParams(_Traced):
     """The pipeline itself (`optlib run`), not read by the chapters: changing it reruns nothing."""
     # A chapter still running after this long is stopped (its kernel shut down) and reported failed.
-    chapter_timeout_s: float = 4 * 3600.0
+    chapter_timeout_s: float = interval(4 * 3600.0, 0, open_low=True, hint="seconds")
     # With --cluster: a Ray custom resource naming the machine kind this target needs (e.g.
     # edge_board); only nodes started with it run the target. None: any node (a GPU for cuda).
     node_resource: str | None = None
@@ -199,7 +249,7 @@ class CompilerParams(_Traced):
 
 @dataclass
 class QuantParams(_Traced):
-    calibration_size: int = 100  # images drawn from the training side, never the evaluated ones
+    calibration_size: int = at_least(100, 1)  # images drawn from the training side, never the evaluated ones
     seed: int = 0  # calibration draw
     method: str = choice("minmax", C.CALIBRATION_METHODS)  # the main static method
     methods: list[str] = choice(["minmax", "entropy", "percentile"], C.CALIBRATION_METHODS)
@@ -211,13 +261,14 @@ class QuantParams(_Traced):
     pytorch_native: bool = True  # FX static INT8 on PyTorch's quantized engine (quant.engine)
     engine: str = choice("x86", C.QUANT_ENGINES)  # qnnpack: the ARM kernels (the edge target)
     pt2e: bool = True  # torchao PT2E + torch.compile(freezing)
-    study_sizes: list[int] = field(default_factory=lambda: [1, 10, 100, 500])  # [] skips the study
+    study_sizes: list[int] = at_least([1, 10, 100, 500], 1)  # [] skips the study
     study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sensitivity: bool = True  # per-layer sensitivity and exclusion lists
     exclude_top_k: list[int] = field(default_factory=lambda: [1, 3])
-    max_accuracy_drop: float = 0.005  # accuracy budget against FP32 (fraction, judged on the CI)
+    # accuracy budget against FP32 (a fraction, judged by measurement.verdict)
+    max_accuracy_drop: float = interval(0.005, 0, 1, open_high=True, hint="a fraction, e.g. 0.005 for half a point")
     gru_study: bool = True  # dynamic quantization of a GRU reading digits row by row (digits data only)
-    qat_epochs: int = 2  # fine-tuning recipe: finetune.*
+    qat_epochs: int = at_least(2, 1)  # fine-tuning recipe: finetune.*
     qat_freeze_epoch: int | None = None  # epoch (1-based) from which observers and BN statistics freeze; None: the last
 
 
@@ -225,9 +276,9 @@ class QuantParams(_Traced):
 class FineTuneParams(_Traced):
     # The one fine-tuning recipe (workload.training.finetune) of QAT, pruning and the dense control;
     # how many epochs each technique trains is its own parameter (quant.qat_epochs, prune.finetune_epochs).
-    lr_scale: float = 0.1  # peak learning rate as a fraction of train.lr (the original training's)
+    lr_scale: float = interval(0.1, 0, 10, open_low=True)  # peak learning rate as a fraction of train.lr (the original training's)
     schedule: str = choice("cosine", C.SCHEDULES)
-    batch_size: int | None = None  # None: train.batch_size
+    batch_size: int | None = at_least(None, 1)  # None: train.batch_size
     seed: int = 0
 
 
@@ -236,20 +287,20 @@ class PruneParams(_Traced):
     # Unstructured (torch.nn.utils.prune): masks only; accuracy over the sweep, latency of one point.
     unstructured_criteria: list[str] = choice(["l1", "random"], C.UNSTRUCTURED_CRITERIA)
     unstructured_scopes: list[str] = choice(["global", "layer"], C.PRUNE_SCOPES)
-    sparsities: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
-    unstructured_finetune_epochs: int = 1  # the l1 global series, masks kept while training; 0: none
+    sparsities: list[float] = fraction([0.3, 0.5, 0.7, 0.9])
+    unstructured_finetune_epochs: int = at_least(1, 0)  # the l1 global series, masks kept while training; 0: none
     # Structured (Torch-Pruning, DepGraph): channels removed.
     criteria: list[str] = choice(["l2", "taylor"], C.STRUCTURED_CRITERIA)  # the first is the main one
     scopes: list[str] = choice(["layer", "global"], C.PRUNE_SCOPES)  # layer: every layer to the ratio
-    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # fraction of channels removed
-    round_to: int | None = 8  # channel counts rounded to multiples of this; None: no rounding
+    ratios: list[float] = fraction([0.25, 0.5, 0.75])  # fraction of channels removed
+    round_to: int | None = at_least(8, 1, "a channel multiple such as 8, or null for no rounding")  # channel counts rounded to multiples of this; None: no rounding
     measure_unrounded: bool = True  # the main criterion at unrounded_ratio, with and without rounding
     # ... at a ratio whose channel counts are not already multiples of round_to (ResNet widths at
     # 0.25 / 0.5 / 0.75 are multiples of 8, so rounding would change nothing there)
-    unrounded_ratio: float = 0.8
-    iterative_steps: int = 3  # the iterative model: this many prune + fine-tune steps (0: none)
-    iterative_ratio: float = 0.8  # ... up to this ratio
-    finetune_epochs: int = 4  # after each pruning step (and per step for the iterative model)
+    unrounded_ratio: float = fraction(0.8)
+    iterative_steps: int = at_least(3, 0)  # the iterative model: this many prune + fine-tune steps (0: none)
+    iterative_ratio: float = fraction(0.8)  # ... up to this ratio
+    finetune_epochs: int = at_least(4, 0)  # after each pruning step (and per step for the iterative model)
     ignored_layers: list[str] = field(default_factory=list)  # module paths kept whole, besides the head
     prune_head: bool = False  # the classification head is kept whole unless this is set
     int8: bool = True  # pruned models also through INT8 (04's recipes: ONNX Runtime static, OpenVINO NNCF)
@@ -258,7 +309,7 @@ class PruneParams(_Traced):
     # it gains. At most bench.threads (the budget every configuration shares); [] for none.
     ort_threads: list[int] = field(default_factory=list)
     dense_control: bool = True  # the unpruned model fine-tuned with the same recipe, measured beside
-    taylor_batches: int = 4  # training batches whose gradients score channels (criterion taylor)
+    taylor_batches: int = at_least(4, 1)  # training batches whose gradients score channels (criterion taylor)
 
 
 @dataclass
@@ -270,38 +321,38 @@ class PrecisionParams(_Traced):
     onnx_fp16: bool = True  # an FP16 ONNX graph (I/O kept FP32) in ONNX Runtime beside the FP32 graph
     # FP16 in PyTorch on a CPU without FP16 arithmetic is ~10x slower than FP32: those variants are
     # timed in their own round (with eager FP32 again, for same-run ratios) with fewer calls.
-    slow_samples: int = 20
-    slow_trials: int = 5
+    slow_samples: int = at_least(20, 1)
+    slow_trials: int = at_least(5, 1)
 
 
 @dataclass
 class MemoryParams(_Traced):
-    """Chapter 08: training memory (techniques.training_memory)."""
-    batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # each >= 2 (BatchNorm)
+    """Chapter 08: training memory (measurement.training_memory)."""
+    batch_sizes: list[int] = at_least([32, 64, 128, 256], 2, "BatchNorm trains on batch statistics")
     precisions: list[str] = choice(["fp32", "bf16-autocast", "fp16-autocast"], C.TRAIN_PRECISIONS)
     # stage: each top-level nn.Sequential of the body; block: each child of those; sequential:
     # checkpoint_sequential over the whole body (stem included) where the forward is that chain.
     checkpoint: list[str] = choice(["stage", "block", "sequential"], C.CHECKPOINT_GRANULARITIES)
-    segments: int | None = None  # sequential: checkpoint segments; None: about the square root of the layers
+    segments: int | None = at_least(None, 2, "one segment recomputes nothing; null: chosen")  # sequential: checkpoint segments; None: about the square root of the layers
     checkpoint_modules: list[str] = field(default_factory=list)  # dotted paths: one more, custom configuration
     optimizer: str = choice("sgd", C.TRAIN_OPTIMIZERS)  # sgd: momentum (one state tensor); adam: two
-    steps: int = 3  # training steps per memory child (the peak settles from the second)
-    warmup_steps: int = 1  # untimed steps per configuration and batch size before the timed trials
-    trials: int = 8  # timed blocks per configuration and batch size, interleaved across configurations
-    steps_per_trial: int = 1
-    budget_gib: float = 1.5  # peak resident memory (CUDA: reserved) the largest-batch search must stay under
+    steps: int = at_least(3, 1)  # training steps per memory child (the peak settles from the second)
+    warmup_steps: int = at_least(1, 0)  # untimed steps per configuration and batch size before the timed trials
+    trials: int = at_least(8, 1)  # timed blocks per configuration and batch size, interleaved across configurations
+    steps_per_trial: int = at_least(1, 1)
+    budget_gib: float = interval(1.5, 0, open_low=True, hint="GiB")  # peak resident memory (CUDA: reserved) the largest-batch search must stay under
     max_batch: int = 4096  # the search never probes above this
-    batch_resolution: int = 8  # the search stops when the fitting and failing batches are this close
-    search_probes: int = 6  # most child processes per configuration for the search; 0: no search
-    gradient_batch: int = 8  # images for the gradient-agreement check
+    batch_resolution: int = at_least(8, 1)  # the search stops when the fitting and failing batches are this close
+    search_probes: int = at_least(6, 0)  # most child processes per configuration for the search; 0: no search
+    gradient_batch: int = at_least(8, 2, "BatchNorm trains on batch statistics")  # images for the gradient-agreement check
 
 
 @dataclass
 class TensorRTParams(_Traced):
     """Chapter 07: TensorRT engines (techniques.tensorrt); GPU only, skipped records elsewhere."""
     precisions: list[str] = choice(["fp32", "fp16", "int8"], C.TRT_PRECISIONS)  # bf16 where the GPU has it
-    workspace_gib: float = 2.0  # the builder's workspace memory-pool limit
-    optimization_level: int = 3  # builder optimisation level, 0 (fast build) to 5
+    workspace_gib: float = interval(2.0, 0, open_low=True, hint="GiB")  # the builder's workspace memory-pool limit
+    optimization_level: int = interval(3, 0, 5)  # builder optimisation level, 0 (fast build) to 5
     timing_cache: str | None = None  # None: outputs/<target>/artifacts/07/timing.cache, reused across builds
     profile_batches: list[int] | None = None  # [min, opt, max] batch of the profile; None: from bench.batch_sizes
     torch_tensorrt: bool = True  # torch-tensorrt (dynamo) FP32 and FP16 too
@@ -313,14 +364,14 @@ class ComparisonParams(_Traced):
     """Chapter 99: the final round (results.final_round) re-times the finalists together."""
     final_round: bool = True
     finalists: list[str] = field(default_factory=list)  # record names to add to the chosen finalists
-    max_finalists: int = 10  # references, the budget pick and named ones always; chapter bests up to this
+    max_finalists: int = at_least(10, 2, "the references")  # references, the budget pick and named ones always; chapter bests up to this
     factorial: bool = True  # add the cells of the runtime x precision x sparsity design (final_round.factorial_design)
     roofline: bool = True  # time a GEMM per number type in the round: each finalist's share of the peak (CPU)
-    gemm_size: int = 1024  # n of the n x n x n products timed for the peaks
+    gemm_size: int = interval(1024, 16, 8192)  # n of the n x n x n products timed for the peaks
     # The reference in this many fresh processes, one after the other (measurement.fresh): the noise
     # floor between runs, which the same-process twin cannot show. 0: not measured.
-    fresh_processes: int = 5
-    fresh_trials: int = 3  # timed blocks per fresh process (bench.samples calls each)
+    fresh_processes: int = at_least(5, 0)
+    fresh_trials: int = at_least(3, 1)  # timed blocks per fresh process (bench.samples calls each)
 
 
 @dataclass
@@ -428,10 +479,35 @@ def _build(cls, values: dict, prefix: str, source: str):
             kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.", source)
         else:
             kwargs[key] = _check_type(value, tp, f"{prefix}{key}", source)
-            options = fields_by_name[key].metadata.get("choices")
-            for item in (kwargs[key] if isinstance(kwargs[key], list) else [kwargs[key]]) if options else []:
-                check_choice(f"{prefix}{key}", item, options, error=lambda m: ParamsError(f"{source}: {m}"))
+            _check_declared(kwargs[key], fields_by_name[key].metadata, f"{prefix}{key}", source)
     return cls(**kwargs)
+
+
+def _check_declared(value, meta: dict, key: str, source: str) -> None:
+    """ParamsError naming `key` (and the list index) when `value` breaks its field's `choice` or
+    `interval` declaration; None passes (the type said whether it may be None)."""
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for i, item in items:
+        name = key if i is None else f"{key}[{i}]"
+        if item is None:
+            continue
+        if "choices" in meta:
+            check_choice(key, item, meta["choices"], error=lambda m: ParamsError(f"{source}: {m}"))
+        if "interval" in meta and item not in meta["interval"]:
+            hint = f" ({meta['hint']})" if meta.get("hint") else ""
+            raise ParamsError(f"{source}: '{name}' must be {meta['interval'].describe()}{hint}, got {item!r}")
+
+
+def declared_ranges() -> dict[str, Interval]:
+    """Every parameter with an `interval` declaration: {"section.key": Interval} (for the tests
+    and the docs)."""
+    out = {}
+    for section in dataclasses.fields(Params):
+        cls = section.default_factory if section.default_factory is not dataclasses.MISSING else None
+        for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else []:
+            if "interval" in f.metadata:
+                out[f"{section.name}.{f.name}"] = f.metadata["interval"]
+    return out
 
 
 def _validate(p: Params, source: str) -> Params:
@@ -451,15 +527,6 @@ def _validate(p: Params, source: str) -> Params:
             fail(f"data.{key}", f"names a folder that does not exist: {path} (" + (
                 "a folder of unlabelled images, searched recursively" if key == "fidelity_root" else
                 "an ImageFolder: one sub-folder per class") + ")")
-    if not 0 < p.data.positive_share < 1:
-        fail("data.positive_share", f"must be strictly between 0 and 1, got {p.data.positive_share}")
-    if not 0 <= p.data.phantom_difficulty <= 1:
-        fail("data.phantom_difficulty", f"must be between 0 and 1, got {p.data.phantom_difficulty}")
-    for key in ("phantom_test_images", "phantom_train_images"):
-        if getattr(p.data, key) < 2:
-            fail(f"data.{key}", f"must be at least 2, got {getattr(p.data, key)}")
-    if p.data.fidelity_pool_images < 0:
-        fail("data.fidelity_pool_images", "must be 0 (no generated pool) or more images")
     if p.is_embedded and p.data.embedded == "phantoms" and p.data.positive_class is None:
         from ..workload.phantoms import POSITIVE
 
@@ -468,122 +535,42 @@ def _validate(p: Params, source: str) -> Params:
         fail("data.train_root", "needs data.root too (the evaluated images)")
     if len(p.data.mean) not in (1, 3) or len(p.data.std) != len(p.data.mean):
         fail("data.mean", "and data.std must both have 1 or 3 values")
-    if any(s <= 0 for s in p.data.std):
-        fail("data.std", "must be positive")
-    if p.data.image_size < 8:
-        fail("data.image_size", f"must be at least 8, got {p.data.image_size}")
-    if not 0 < p.data.test_fraction < 1:
-        fail("data.test_fraction", "must be between 0 and 1")
-    if p.model.num_classes is not None and p.model.num_classes < 1:
-        fail("model.num_classes", "must be at least 1 (1: a single sigmoid logit for data.positive_class)")
     if p.model.num_classes == 1 and p.data.positive_class is None:
         fail("model.num_classes", "is 1 (one sigmoid logit): set 'data.positive_class' to the class the logit scores")
     if p.model.num_classes == 1 and p.data.root is None and p.data.embedded == "digits":
         fail("model.num_classes", "is 1 (one sigmoid logit) but the embedded digits have 10 classes: set "
              "data.embedded: phantoms, or data.root to a two-class ImageFolder")
-    if not 0 < p.model.decision_threshold < 1:
-        fail("model.decision_threshold", f"must be a probability strictly between 0 and 1, got {p.model.decision_threshold}")
-    for key in ("operating_specificity", "operating_sensitivity"):
-        if not 0 < getattr(p.data, key) < 1:
-            fail(f"data.{key}", f"must be strictly between 0 and 1, got {getattr(p.data, key)}")
     if p.model.head is not None and not all(part.isidentifier() for part in p.model.head.split(".")):
         fail("model.head", f"must be a dotted attribute path such as classifier or net.fc, got {p.model.head!r}")
-    for key in ("samples", "trials", "min_trials", "stage_every", "threads", "eval_batch_size"):
-        if getattr(p.bench, key) < 1:
-            fail(f"bench.{key}", "must be at least 1")
-    if not 0 <= p.bench.stop_ci_width < 1:
-        fail("bench.stop_ci_width", f"must be a fraction of the median in [0, 1) (0: a fixed number of trials), "
-             f"got {p.bench.stop_ci_width}")
-    if p.bench.contention_cores <= 0 or p.bench.wait_for_quiet_s < 0:
-        fail("bench.contention_cores" if p.bench.contention_cores <= 0 else "bench.wait_for_quiet_s",
-             "must be positive (contention_cores) or zero or more (wait_for_quiet_s)")
-    if p.comparison.fresh_processes < 0 or p.comparison.fresh_trials < 1:
-        fail("comparison.fresh_processes" if p.comparison.fresh_processes < 0 else "comparison.fresh_trials",
-             "must be 0 or more processes (fresh_processes) and 1 or more trials (fresh_trials)")
-    if p.run.chapter_timeout_s <= 0:
-        fail("run.chapter_timeout_s", f"must be a positive number of seconds, got {p.run.chapter_timeout_s}")
-    if p.bench.warmup < 0:
-        fail("bench.warmup", "must be >= 0")
-    if not p.bench.batch_sizes or any(b < 1 for b in p.bench.batch_sizes):
-        fail("bench.batch_sizes", "must be a non-empty list of positive integers")
+    if not p.bench.batch_sizes:
+        fail("bench.batch_sizes", "must be a non-empty list of batch sizes")
     q = p.quant
-    if q.calibration_size < 1 or any(s < 1 for s in q.study_sizes):
-        fail("quant.calibration_size", "and quant.study_sizes must be at least 1")
-    if not 0 <= q.max_accuracy_drop < 1:
-        fail("quant.max_accuracy_drop", "must be a fraction in [0, 1), e.g. 0.005 for half a point")
-    if q.qat_epochs < 1:
-        fail("quant.qat_epochs", "must be at least 1")
     if q.qat_freeze_epoch is not None and not 1 <= q.qat_freeze_epoch <= q.qat_epochs:
         fail("quant.qat_freeze_epoch", f"must be an epoch between 1 and quant.qat_epochs ({q.qat_epochs}), or null")
     if q.pt2e and q.engine != "x86":
         fail("quant.pt2e", f"uses torchao's X86InductorQuantizer: set it false when quant.engine is {q.engine!r}")
-    if not 0 < p.finetune.lr_scale <= 10:
-        fail("finetune.lr_scale", f"must be in (0, 10] (a fraction of train.lr), got {p.finetune.lr_scale}")
-    if p.finetune.batch_size is not None and p.finetune.batch_size < 1:
-        fail("finetune.batch_size", "must be at least 1, or null for train.batch_size")
     pr = p.prune
-    for key in ("sparsities", "ratios"):
-        bad = [r for r in getattr(pr, key) if not 0 < r < 1]
-        if bad:
-            fail(f"prune.{key}", f"must be fractions strictly between 0 and 1, got {bad}")
-    for key in ("iterative_ratio", "unrounded_ratio"):
-        if not 0 < getattr(pr, key) < 1:
-            fail(f"prune.{key}", f"must be strictly between 0 and 1, got {getattr(pr, key)}")
-    if pr.round_to is not None and pr.round_to < 1:
-        fail("prune.round_to", "must be a positive channel multiple such as 8, or null for no rounding")
     bad = [t for t in pr.ort_threads if not 1 <= t <= p.bench.threads]
     if bad:
         fail("prune.ort_threads", f"must be thread counts from 1 to bench.threads ({p.bench.threads}), got {bad}")
-    if pr.taylor_batches < 1:
-        fail("prune.taylor_batches", "must be at least 1")
-    if pr.iterative_steps == 1 or pr.iterative_steps < 0:
+    if pr.iterative_steps == 1:
         fail("prune.iterative_steps", f"must be 0 (no iterative model) or at least 2, got {pr.iterative_steps} "
              "(one-shot pruning is prune.ratios)")
-    for key in ("finetune_epochs", "unstructured_finetune_epochs"):
-        if getattr(pr, key) < 0:
-            fail(f"prune.{key}", "must be >= 0")
     bad = [n for n in pr.ignored_layers if not all(part.isidentifier() for part in n.split("."))]
     if bad:
         fail("prune.ignored_layers", f"must be dotted module paths such as layer4.1.conv2, got {bad}")
-    for key in ("slow_samples", "slow_trials"):
-        if getattr(p.precision, key) < 1:
-            fail(f"precision.{key}", "must be at least 1")
     mem = p.memory
-    if not mem.batch_sizes or min(mem.batch_sizes) < 2:
-        fail("memory.batch_sizes", f"must be a non-empty list of batch sizes >= 2 (BatchNorm trains on batch "
-             f"statistics), got {mem.batch_sizes}")
-    if mem.segments is not None and mem.segments < 2:
-        fail("memory.segments", "must be at least 2 (one segment recomputes nothing), or null")
+    if not mem.batch_sizes:
+        fail("memory.batch_sizes", "must be a non-empty list of batch sizes >= 2 (BatchNorm trains on batch statistics)")
     bad = [n for n in mem.checkpoint_modules if not all(part.isidentifier() for part in n.split("."))]
     if bad:
         fail("memory.checkpoint_modules", f"must be dotted module paths such as layer1.0, got {bad}")
-    for key in ("steps", "trials", "steps_per_trial", "batch_resolution"):
-        if getattr(mem, key) < 1:
-            fail(f"memory.{key}", "must be at least 1")
-    for key in ("warmup_steps", "search_probes"):
-        if getattr(mem, key) < 0:
-            fail(f"memory.{key}", "must be >= 0")
-    if mem.gradient_batch < 2:
-        fail("memory.gradient_batch", "must be at least 2 (BatchNorm trains on batch statistics)")
-    if mem.budget_gib <= 0:
-        fail("memory.budget_gib", f"must be a positive size in GiB, e.g. 1.5, got {mem.budget_gib}")
     if mem.max_batch < max(mem.batch_sizes):
         fail("memory.max_batch", f"must be at least the largest of memory.batch_sizes ({max(mem.batch_sizes)})")
     t = p.tensorrt
-    if t.workspace_gib <= 0:
-        fail("tensorrt.workspace_gib", f"must be a positive size in GiB, got {t.workspace_gib}")
-    if not 0 <= t.optimization_level <= 5:
-        fail("tensorrt.optimization_level", f"must be a builder optimisation level from 0 to 5, got {t.optimization_level}")
     if t.profile_batches is not None and (len(t.profile_batches) != 3 or not 1 <= t.profile_batches[0]
                                           <= t.profile_batches[1] <= t.profile_batches[2]):
         fail("tensorrt.profile_batches", f"must be [min, opt, max] with 1 <= min <= opt <= max, got {t.profile_batches}")
-    if p.train.epochs < 0 or p.train.batch_size < 1 or p.train.lr <= 0:
-        fail("train", "needs epochs >= 0, batch_size >= 1 and lr > 0")
-    if p.comparison.max_finalists < 2:
-        fail("comparison.max_finalists", f"must be at least 2 (the references), got {p.comparison.max_finalists}")
-    if not 16 <= p.comparison.gemm_size <= 8192:
-        fail("comparison.gemm_size",
-             f"must be between 16 and 8192 (n of an n x n x n product), got {p.comparison.gemm_size}")
     return p
 
 

@@ -220,7 +220,9 @@ def _run_locked(params: Params, selection, force) -> list[NotebookRun]:
     target = params.target
     out_dir = paths.target_dir(target) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    injected = {k: v for k, v in params.to_dict().items() if k not in PIPELINE_ONLY_KEYS}
+    # One variable, every section: a notebook passes it through (chapter.setup(..., **params)), so a
+    # new params section needs no notebook edited.
+    injected = {"params": {k: v for k, v in params.to_dict().items() if k not in PIPELINE_ONLY_KEYS}}
     steps = plan(params, list_notebooks(selection), force)
     previous = {nb.stem: runstate.read_manifest(target, nb.stem) or {} for nb, _ in steps}
     todo = [nb.stem for nb, why in steps if why]

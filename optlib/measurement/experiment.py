@@ -78,7 +78,7 @@ def measure(runners: list[Runner], images: list[np.ndarray], labels: np.ndarray,
     pool               workload.data.Pool: unlabelled independent images; each runner's decisions
                        on them against the reference's go into its fidelity (inference only, at
                        bench.eval_batch_size, once per runner), and from them its verdict
-    Each runner's size, artifact, kernels, one-time costs and details (Runner.describe) go into its
+    Each runner's size, artifact, kernels, one-time costs and details (Runner.annotate) go into its
     record; its peak memory is measured in a child process from its artifact (bench.memory).
     """
     outputs = outputs or Outputs.for_data(params.model.num_classes, class_names, params.data.positive_class,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..results.values import Artifact, from_plain, to_plain
-from .memory import run_child
+from .launcher import run_child
 
 
 def fresh_process_latency(artifact: Artifact, base_dir: str | Path, images: list[np.ndarray], bench,

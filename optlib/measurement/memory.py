@@ -14,9 +14,7 @@ anything (measured); VmHWM belongs to the new address space.
 from __future__ import annotations
 
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..results.values import Artifact, Memory, from_plain, to_plain
+from .launcher import run_child
 
 METHOD = ("peak resident memory (VmHWM) of a fresh child process that loads the artifact and runs {calls} calls "
           "at each batch size; resting = its peak after importing the runtimes, before loading the model")
@@ -45,25 +44,6 @@ def measure_memory(artifact: Artifact, base_dir: str | Path, images: list[np.nda
         if result is None:
             raise MemoryMeasurementError(f"memory child for a {artifact.kind} artifact {error}")
         return from_plain(Memory, result)
-
-
-def run_child(module: str, job_dir: str | Path, job: dict, timeout_s: float,
-              env: dict[str, str] | None = None) -> tuple[dict | None, str | None]:
-    """Run `python -m module job_dir` with `job` in job_dir/job.json (extra `env` on top of this
-    process's). Returns (the result.json the child wrote, None), or (None, what went wrong: the exit
-    status and the last line of its output, or the timeout)."""
-    job_dir = Path(job_dir)
-    (job_dir / "job.json").write_text(json.dumps(job))
-    try:
-        p = subprocess.run([sys.executable, "-m", module, str(job_dir)], capture_output=True, text=True,
-                           timeout=timeout_s, env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout_s:.0f} s"
-    result = job_dir / "result.json"
-    if result.is_file():
-        return json.loads(result.read_text()), None
-    tail = ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1][:300]
-    return None, f"exited {p.returncode}: {tail}"
 
 
 def proc_status_bytes(key: str) -> int:

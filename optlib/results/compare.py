@@ -1,6 +1,7 @@
-"""Comparisons over records: the results table every chapter shows, the kernels table, the
-accuracy-budget pick (by the one verdict rule, measurement.verdict), and the configurations a run
-cannot tell apart from the pick.
+"""Comparisons over records: the one row builder (`record_row`) whose views are every results table
+(the chapters', the report's, the final round's), the kernels table, the accuracy-budget pick (by
+the one verdict rule, measurement.verdict), and the configurations a run cannot tell apart from the
+pick.
 
 Column names are results.values.VOCABULARY's; an interval is shown as "[lo, hi]".
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..measurement.stats import paired_ratio, trials_in_common
+from ..measurement.stats import mcnemar_exact_p, paired_ratio, trials_in_common
 from ..measurement.verdict import verdict_of
 from .records import Record
 from .values import to_plain
@@ -19,20 +20,22 @@ def fmt_ci(ci, digits: int = 2, percent: bool = False) -> str:
     return f"[{lo:+.2%}, {hi:+.2%}]" if percent else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def results_table(records: list[Record], references: list[str] | None = None) -> pd.DataFrame:
-    """One row per measured record: kernels, latency_ms with its interval, p95_ms, the same-run
-    speedup against each of `references` (default: every reference the records were compared
-    with), images_per_s at the largest batch size, size_mb, peak_memory_mb, accuracy,
-    accuracy_change with its paired interval, flips, the verdict against the budget it was measured
-    with and the label-free pool's bound, and `contended` where the machine was busy."""
-    ok = [r for r in records if r.ok and r.latency is not None]
-    if references is None:
-        references = list(dict.fromkeys(s.reference for r in ok for s in r.speedups))
-    rows = {}
-    for r in ok:
-        t = r.latency
-        row = {"kernels": r.kernels.label if r.kernels else "float", "latency_ms": t.median,
-               "latency_ci95_ms": fmt_ci(t.ci95, 3), "p95_ms": t.p95}
+def record_row(r: Record, references: list[str] = (), identity: bool = False) -> dict:
+    """Every column any table shows for one record, named as results.values.VOCABULARY names them:
+    the one place a record becomes a row (the chapters' results_table, the report's
+    comparison_table and the final round's headline_table are views of it). With `identity`, the
+    record's name, chapter, technique, backend, precision, status and reason first. Speed-ups are
+    `speedup vs <reference>` for each of `references` the record was measured against."""
+    row: dict = {}
+    if identity:
+        row.update(name=r.name, notebook=r.notebook, technique=r.technique, backend=r.backend, precision=r.precision,
+                   status=r.status, reason=r.reason or "", device=(r.device or {}).get("kind"),
+                   threads=(r.device or {}).get("threads"))
+    row["kernels"] = r.kernels.label if r.kernels else ("float" if r.ok else "")
+    t = r.latency
+    if r.ok and t is not None:
+        row.update(batch_size=r.batch_size, latency_ms=t.median, latency_ci95_ms=fmt_ci(t.ci95, 3), p95_ms=t.p95,
+                   p99_ms=t.p99, low_confidence=",".join(t.low_confidence))
         for ref in references:
             s = r.speedup(ref)
             if s is not None:
@@ -40,23 +43,65 @@ def results_table(records: list[Record], references: list[str] | None = None) ->
                 row[f"speedup_ci95 vs {ref}"] = fmt_ci(s.ci95)
         if r.throughput:
             big = max(r.throughput.values(), key=lambda v: v.batch_size)
-            row[f"images_per_s bs={big.batch_size}"] = big.images_per_s
-        row["size_mb"] = r.size_bytes / 1e6 if r.size_bytes else None
-        row["peak_memory_mb"] = r.memory.peak_bytes / 1e6 if r.memory else None
-        row["accuracy"] = r.accuracy["accuracy"] if r.accuracy else None
-        if r.fidelity is not None:
-            row["accuracy_change"] = r.fidelity.accuracy_change
-            row["accuracy_change_ci95"] = fmt_ci(r.fidelity.accuracy_change_ci95, percent=True)
-            row["flips"] = r.fidelity.flips
+            row.update(throughput_batch_size=big.batch_size, images_per_s=big.images_per_s)
+        if r.accuracy:
+            row["accuracy"] = r.accuracy["accuracy"]
+            if "ece" in r.accuracy:  # calibration: can move while top-1 does not
+                row.update(ece=r.accuracy["ece"], brier=r.accuracy["brier"])
+        f = r.fidelity
+        if f is not None:
+            row.update(accuracy_change=f.accuracy_change, accuracy_change_ci95=fmt_ci(f.accuracy_change_ci95, percent=True),
+                       flips=f.flips, mcnemar_p=mcnemar_exact_p(f.flips_now_correct, f.flips_now_wrong),
+                       top1_agreement=f.top1_agreement, max_abs_diff=f.max_abs_diff, **operating_point_columns(r))
             if r.verdict is not None:
-                row["verdict"] = r.verdict.label
-            if r.fidelity.pool is not None:
-                row["pool_changed_bound"] = r.fidelity.pool.changed_share_bound
-            row.update(operating_point_columns(r))
-        if contended(r):
-            row["contended"] = contended(r)
-        rows[r.name] = row
-    return pd.DataFrame(rows).T
+                row.update(verdict=r.verdict.label, images_to_resolve=r.verdict.images_to_resolve)
+            if f.pool is not None:
+                row.update(pool_changed=f.pool.changed, pool_images=f.pool.images,
+                           pool_changed_bound=f.pool.changed_share_bound)
+        if r.memory is not None:
+            row["peak_memory_mb"] = r.memory.peak_bytes / 1e6
+        load = (r.extra or {}).get("load") or {}
+        if load.get("measured"):
+            row["other_cpu_cores"] = load["other_cpu_cores"]
+        row["contended"] = contended(r)
+    if r.size_bytes:
+        row["size_mb"] = r.size_bytes / 1e6
+    return row
+
+
+def view(rows: dict | list, columns: list[str]) -> pd.DataFrame:
+    """The rows (a dict of index -> row, or a list of rows) as a table of `columns` in that order,
+    leaving out those no row fills (a chapter without a busy machine shows no `contended`)."""
+    df = pd.DataFrame.from_dict(rows, orient="index") if isinstance(rows, dict) else pd.DataFrame(rows)
+    keep = [c for c in columns if c in df.columns and df[c].notna().any() and (df[c].astype(str) != "").any()]
+    return df[keep]
+
+
+# The chapters' results table: what a chapter discusses, per configuration.
+RESULTS_COLUMNS = ["kernels", "latency_ms", "latency_ci95_ms", "p95_ms", "{speedups}", "throughput_batch_size",
+                   "images_per_s", "size_mb", "peak_memory_mb", "accuracy", "accuracy_change", "accuracy_change_ci95",
+                   "flips", "verdict", "pool_changed_bound", "sensitivity_change", "sensitivity_change_ci95",
+                   "specificity_change", "specificity_change_ci95", "contended"]
+
+
+def with_speedups(columns: list[str], references: list[str]) -> list[str]:
+    out = []
+    for c in columns:
+        out += [x for ref in references for x in (f"speedup vs {ref}", f"speedup_ci95 vs {ref}")] if c == "{speedups}" else [c]
+    return out
+
+
+def results_table(records: list[Record], references: list[str] | None = None) -> pd.DataFrame:
+    """One row per measured record (record_row): kernels, latency_ms with its interval, p95_ms, the
+    same-run speedup against each of `references` (default: every reference the records were
+    compared with), images_per_s at the largest batch size, size_mb, peak_memory_mb, accuracy,
+    accuracy_change with its paired interval, flips, the verdict against the budget it was measured
+    with and the label-free pool's bound, the operating point's change, and `contended` where the
+    machine was busy."""
+    ok = [r for r in records if r.ok and r.latency is not None]
+    if references is None:
+        references = list(dict.fromkeys(s.reference for r in ok for s in r.speedups))
+    return view({r.name: record_row(r, references) for r in ok}, with_speedups(RESULTS_COLUMNS, references))
 
 
 def contended(record: Record) -> str | None:

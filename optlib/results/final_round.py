@@ -24,9 +24,9 @@ from ..backends.artifacts import load_runner, resolved
 from ..backends.base import Runner
 from ..core import paths
 from ..measurement import roofline, timing
-from ..measurement.stats import bootstrap_ci, holm, mcnemar_exact_p, summarize
+from ..measurement.stats import bootstrap_ci, holm, summarize
 from ..measurement.verdict import resolution_statement, within_budget
-from .compare import contended, fmt_ci
+from .compare import fmt_ci, record_row, view
 from .records import Record, load_records
 
 PREFIX = "final-"
@@ -243,7 +243,7 @@ def rebuild(ch, finalists: list[Finalist], round_info: dict | None = None) -> li
         r.name, r.technique, r.backend, r.precision = f.name, rec.technique, rec.backend, rec.precision
         r.artifact = resolved(rec.artifact, base)  # measure stores it relative to the target's folder again
         own = rec.speedup(REFERENCE)
-        r.describe(size_bytes=rec.size_bytes, kernels=rec.kernels, one_time_cost_seconds=rec.one_time_cost_seconds,
+        r.annotate(size_bytes=rec.size_bytes, kernels=rec.kernels, one_time_cost_seconds=rec.one_time_cost_seconds,
                    final_round={"of": rec.name, "notebook": rec.notebook, "why": f.why,
                                 "macs": (rec.extra.get("pruning") or {}).get("macs_after"),
                                 "own_run": {"latency_ms": rec.latency.median, "latency_ci95_ms": list(rec.latency.ci95),
@@ -325,52 +325,45 @@ def harness_overhead(images: list[np.ndarray], bench, batch_size: int = 1) -> di
             "calls": s.count}
 
 
+HEADLINE_COLUMNS = ["chapter", "precision", "kernels", "latency_ms", "latency_ci95_ms", "speedup", "speedup_ci95",
+                    "resolved", "own_run_speedup", "own_run_speedup_ci95", "accuracy_change", "accuracy_change_ci95",
+                    "verdict", "pool_changed_bound", "flips", "mcnemar_p", "mcnemar_p_holm", "ece", "brier", "size_mb",
+                    "throughput_batch_size", "images_per_s", "contended"]
+
+
 def headline_table(records: dict[str, Record]) -> pd.DataFrame:
-    """One row per finalist (the configuration it re-times), fastest first: its chapter, kernels,
-    latency_ms with its interval, the speed-up against pytorch-fp32 in this round with its interval
-    and whether it clears the noise floor, the same ratio from its own chapter's run, accuracy
-    change with its paired interval and its verdict against the budget (with the label-free pool's
-    bound where measured), flips and McNemar's exact p on them (and Holm-adjusted over
-    the finalists, one family against one reference), the calibration of its
-    probabilities (ECE, Brier score; the reference's row for comparison), size, and images/s at the
-    largest batch."""
-    ref = records.get(PREFIX + REFERENCE)
+    """One row per finalist (the configuration it re-times; compare.record_row), fastest first: its
+    chapter, kernels, latency_ms with its interval, the speed-up against pytorch-fp32 in this round
+    with its interval and whether it clears the noise floor, the same ratio from its own chapter's
+    run, accuracy change with its paired interval and its verdict against the budget (with the
+    label-free pool's bound where measured), flips and McNemar's exact p on them (and Holm-adjusted
+    over the finalists, one family against one reference), the calibration of its probabilities
+    (ECE, Brier score; the reference's row for comparison), size, and images/s at the largest batch."""
+    ref_name = PREFIX + REFERENCE
+    ref = records.get(ref_name)
     floor = ref.noise_floor.paired.ci95 if ref is not None and ref.noise_floor is not None else None
     rows = {}
     for name, r in records.items():
         if not r.ok or r.latency is None:
             continue
         fr = r.extra.get("final_round", {})
-        s = r.speedup(PREFIX + REFERENCE)
-        own = fr.get("own_run", {})
-        row = {"chapter": fr.get("notebook"), "precision": r.precision,
-               "kernels": r.kernels.label if r.kernels else "float", "latency_ms": r.latency.median,
-               "latency_ci95_ms": fmt_ci(r.latency.ci95, 3)}
+        row = record_row(r, [ref_name])
+        row["speedup"], row["speedup_ci95"] = row.pop(f"speedup vs {ref_name}", None), row.pop(f"speedup_ci95 vs {ref_name}", None)
+        s = r.speedup(ref_name)
         if s is not None:
-            row.update(speedup=s.value, speedup_ci95=fmt_ci(s.ci95))
-            row["resolved"] = "reference" if name == PREFIX + REFERENCE else (
+            row["resolved"] = "reference" if name == ref_name else (
                 "" if floor is None else ("yes" if s.ci95[0] > floor[1] or s.ci95[1] < floor[0] else "not resolved"))
+        own = fr.get("own_run", {})
         if own.get("speedup") is not None:
             row.update(own_run_speedup=own["speedup"], own_run_speedup_ci95=fmt_ci(own["speedup_ci95"]))
-        f = r.fidelity
-        if f is not None:
-            row.update(accuracy_change=f.accuracy_change, accuracy_change_ci95=fmt_ci(f.accuracy_change_ci95, percent=True),
-                       verdict=r.verdict.label if r.verdict else None,
-                       pool_changed_bound=f.pool.changed_share_bound if f.pool else None,
-                       flips=f.flips, mcnemar_p=mcnemar_exact_p(f.flips_now_correct, f.flips_now_wrong))
-        if r.accuracy and "ece" in r.accuracy:  # calibration: can move while top-1 does not
-            row.update(ece=r.accuracy["ece"], brier=r.accuracy["brier"])
-        row["size_mb"] = r.size_bytes / 1e6 if r.size_bytes else None
-        if r.throughput:
-            big = max(r.throughput.values(), key=lambda v: v.batch_size)
-            row[f"images_per_s bs={big.batch_size}"] = big.images_per_s
-        if contended(r):
-            row["contended"] = contended(r)
+        row["chapter"] = fr.get("notebook")
+        row["precision"] = r.precision
         rows[fr.get("of", name)] = row
-    df = pd.DataFrame(rows).T.rename_axis("configuration")
+    df = view(rows, HEADLINE_COLUMNS + ["mcnemar_p"]).rename_axis("configuration")
     if "mcnemar_p" in df:  # one family of tests against the same reference: Holm-adjusted too
         tested = df["mcnemar_p"].notna()
         df.loc[tested, "mcnemar_p_holm"] = holm(df.loc[tested, "mcnemar_p"].astype(float))
+        df = df[[c for c in HEADLINE_COLUMNS if c in df.columns]]
     return df.sort_values("latency_ms") if not df.empty else df
 
 

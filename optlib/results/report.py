@@ -21,60 +21,23 @@ import pandas as pd
 from ..core import paths
 from ..core.io import json_safe, write_text_atomic
 from . import final_round
-from .compare import across_targets, contended, fmt_ci, operating_point_columns, training_memory_table
+from .compare import across_targets, record_row, training_memory_table
 from .records import Record, load_records
 from .values import to_plain
 
-REFERENCE = "pytorch-fp32"
+REFERENCE = final_round.REFERENCE  # one definition: the final round's
 
 
 def comparison_table(records: list[Record], reference: str = REFERENCE) -> pd.DataFrame:
-    """One row per record (VOCABULARY's column names): latency_ms with its interval and p95_ms, the
-    same-run speedup against `reference` with its interval (blank when the record was not measured
-    against it), images_per_s at the largest batch, size, peak memory, accuracy and its change
-    against the reference with its verdict against the budget (and the label-free pool's
-    agreement). Skipped and failed records keep their row with the reason."""
-    rows = []
-    for r in records:
-        row = {"name": r.name, "notebook": r.notebook, "technique": r.technique, "backend": r.backend,
-               "precision": r.precision, "status": r.status, "reason": r.reason or "",
-               "device": (r.device or {}).get("kind"), "threads": (r.device or {}).get("threads"),
-               "kernels": r.kernels.label if r.kernels else ""}
-        t = r.latency
-        if r.ok and t is not None:
-            row.update(batch_size=r.batch_size, latency_ms=t.median, latency_ci95_ms=fmt_ci(t.ci95, 3), p95_ms=t.p95,
-                       p99_ms=t.p99, low_confidence=",".join(t.low_confidence))
-            s = r.speedup(reference)
-            if s is not None:
-                row.update(speedup=s.value, speedup_ci95=fmt_ci(s.ci95))
-            if r.throughput:
-                big = max(r.throughput.values(), key=lambda v: v.batch_size)
-                row.update(throughput_batch_size=big.batch_size, images_per_s=big.images_per_s)
-            if r.accuracy:
-                row["accuracy"] = r.accuracy["accuracy"]
-            if r.fidelity is not None:
-                f = r.fidelity
-                row.update(accuracy_change=f.accuracy_change,
-                           accuracy_change_ci95=fmt_ci(f.accuracy_change_ci95, percent=True), flips=f.flips,
-                           top1_agreement=f.top1_agreement, max_abs_diff=f.max_abs_diff, **operating_point_columns(r))
-                if r.verdict is not None:
-                    row.update(verdict=r.verdict.label, images_to_resolve=r.verdict.images_to_resolve)
-                if f.pool is not None:
-                    row.update(pool_changed=f.pool.changed, pool_images=f.pool.images,
-                               pool_changed_bound=f.pool.changed_share_bound)
-            elif r.name == reference:
-                row["accuracy_change"] = 0.0
-            if r.memory is not None:
-                row["peak_memory_mb"] = r.memory.peak_bytes / 1e6
-            load = r.extra.get("load") or {}
-            if load.get("measured"):
-                row["other_cpu_cores"] = load["other_cpu_cores"]
-            row["contended"] = contended(r)
-        if r.size_bytes:
-            row["size_mb"] = r.size_bytes / 1e6
-        rows.append(row)
-    df = pd.DataFrame(rows)
+    """One row per record (compare.record_row with its identity columns), the speed-up against
+    `reference` as `speedup` / `speedup_ci95` (blank when the record was not measured against it),
+    measured records first, by name. Skipped and failed records keep their row with the reason."""
+    rows = [record_row(r, [reference], identity=True) for r in records]
+    df = pd.DataFrame(rows).rename(columns={f"speedup vs {reference}": "speedup",
+                                            f"speedup_ci95 vs {reference}": "speedup_ci95"})
     if not df.empty:
+        if "accuracy_change" in df:
+            df.loc[(df["name"] == reference) & df["accuracy_change"].isna(), "accuracy_change"] = 0.0
         df = df.assign(_failed=df["status"] != "ok").sort_values(["_failed", "name"]).drop(columns="_failed")
     return df.reset_index(drop=True)
 

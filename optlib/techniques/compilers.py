@@ -196,7 +196,7 @@ def torchscript_runner(model: nn.Module, sample: torch.Tensor, out_dir: Path, me
     runner = TorchRunner(full.module, spec, name="torchscript-fp32", device=device, threads=threads,
                          technique="compiler", parts=(f.module, h.module) if f else None,
                          extra_settings={"torchscript": full.info()})
-    return runner.describe(size_bytes=full.size_bytes,
+    return runner.annotate(size_bytes=full.size_bytes,
                            artifact=Artifact("torchscript", files, {"method": full.method}, spec.to_dict()),
                            one_time_cost_seconds={"convert, freeze, save, reload": time.perf_counter() - t0},
                            torchscript=full.info())
@@ -256,7 +256,7 @@ def compiled_runners(model: nn.Module, eager: Artifact, modes: list[str], sample
                          parts=(feats.module, parts[1]) if feats else None, extra_settings=settings, input_dtype=dtype)
     options = {**eager.options, "mode": mode, **({"dtype": label} if dtype != torch.float32 else {})}
     artifact = Artifact("torch-compile", dict(eager.files), options, eager.preprocess)
-    runner.describe(size_bytes=state_dict_size_bytes(model), artifact=artifact, one_time_cost_seconds=costs, **settings)
+    runner.annotate(size_bytes=state_dict_size_bytes(model), artifact=artifact, one_time_cost_seconds=costs, **settings)
     return [runner], skipped
 
 

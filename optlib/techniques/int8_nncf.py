@@ -47,7 +47,7 @@ def runner(onnx_path: str | Path, calibration: np.ndarray, xml_path: str | Path,
     info = quantize(onnx_path, calibration, xml_path, preset)
     r = OvRunner(xml_path, spec, name=name, config=OvConfig(threads=threads, precision="f32"),
                  technique="quantization", precision="int8")
-    return r.describe(one_time_cost_seconds={**(one_time_cost_seconds or {}), "calibration and quantization": info["seconds"],
+    return r.annotate(one_time_cost_seconds={**(one_time_cost_seconds or {}), "calibration and quantization": info["seconds"],
                                              "compile": r.compile_seconds},
                       quantization=info, calibration=calibration_info or {}, **details)
 

@@ -223,7 +223,7 @@ def quantize_static(model_path: str | Path, out_path: str | Path, ranges, config
     return out_path
 
 
-def quantize_dynamic(model_path: str | Path, out_path: str | Path, per_channel: bool = False) -> Path:
+def quantize_dynamic_graph(model_path: str | Path, out_path: str | Path, per_channel: bool = False) -> Path:
     """Dynamic INT8: weights quantized offline, activations quantized at run time per call."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
@@ -372,7 +372,7 @@ def int8_runner(paths: dict[str, Path], name: str, spec: PreprocessSpec, config:
     r = OrtRunner(paths["model"], spec, name=name, config=config, precision="int8", technique="quantization",
                   features_path=paths.get("features"), head_path=paths.get("head"))
     evidence = execution_evidence(paths["model"], config.providers, config.disabled_optimizers)
-    return r.describe(size_bytes=onnx_size_bytes(paths["model"]), kernels=kernels_of(evidence),
+    return r.annotate(size_bytes=onnx_size_bytes(paths["model"]), kernels=kernels_of(evidence),
                       one_time_cost_seconds=one_time_cost_seconds, **details)
 
 
@@ -395,7 +395,7 @@ def static_runner(graphs: Fp32Graphs, calibration: Calibration, config: StaticQu
 def dynamic_runner(graphs: Fp32Graphs, spec: PreprocessSpec, ort_config: OrtConfig) -> OrtRunner:
     """Dynamic INT8 of every graph: weights quantized offline, activations per call."""
     t0 = time.perf_counter()
-    paths = {part: quantize_dynamic(p, graphs.out_dir / f"{part}.dynamic.onnx") for part, p in graphs.paths.items()}
+    paths = {part: quantize_dynamic_graph(p, graphs.out_dir / f"{part}.dynamic.onnx") for part, p in graphs.paths.items()}
     return int8_runner(paths, "onnxruntime-int8-dynamic", spec, ort_config,
                        {"export": graphs.export_seconds, "quantization": time.perf_counter() - t0},
                        quantization={"mode": "dynamic", "weights": "int8"})
@@ -405,5 +405,5 @@ def fp32_runner(graphs: Fp32Graphs, spec: PreprocessSpec, config: OrtConfig, nam
     """ONNX Runtime FP32 over the same pre-processed graphs the INT8 runners start from."""
     r = OrtRunner(graphs.paths["model"], spec, name=name, config=config,
                   features_path=graphs.paths.get("features"), head_path=graphs.paths.get("head"))
-    return r.describe(size_bytes=onnx_size_bytes(graphs.paths["model"]),
+    return r.annotate(size_bytes=onnx_size_bytes(graphs.paths["model"]),
                       one_time_cost_seconds={"export": graphs.export_seconds})

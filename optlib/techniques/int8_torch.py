@@ -223,7 +223,7 @@ def graph_constant_bytes(gm: torch.fx.GraphModule) -> dict:
 
 # --- dynamic --------------------------------------------------------------------------------
 
-def quantize_dynamic(model: nn.Module, layers=(nn.Linear, nn.GRU, nn.LSTM)) -> tuple[nn.Module, dict]:
+def quantize_dynamic_module(model: nn.Module, layers=(nn.Linear, nn.GRU, nn.LSTM)) -> tuple[nn.Module, dict]:
     """Dynamic INT8: weights quantized once, activations quantized per call (Linear / RNN layers)."""
     engine()
     with _quiet():
@@ -297,7 +297,7 @@ def fx_int8_runner(quantized: nn.Module, info: dict, name: str, eager: Artifact,
                         {"arch": eager.options["arch"], "num_classes": eager.options["num_classes"],
                          "flow": info["flow"], "engine": info["engine"]}, eager.preprocess)
     r = TorchRunner(quantized, spec_of(eager), name=name, threads=threads, technique=technique, precision="int8")
-    return r.describe(size_bytes=state.stat().st_size, artifact=artifact, kernels=_kernels(info),
+    return r.annotate(size_bytes=state.stat().st_size, artifact=artifact, kernels=_kernels(info),
                       one_time_cost_seconds=one_time_cost_seconds, **details)
 
 
@@ -328,7 +328,7 @@ def pt2e_runner(model: nn.Module, calibration: torch.Tensor, example: torch.Tens
     with _quiet():
         torch.export.save(torch.export.export(converted, (calibration[:2],), dynamic_shapes=({0: batch},)), str(path))
     r = TorchRunner(compiled, spec_of(eager), name="pt2e-int8", threads=threads, technique="quantization", precision="int8")
-    return r.describe(size_bytes=info["size_bytes"], artifact=Artifact("pt2e-int8", {"program": str(path)}, {}, eager.preprocess),
+    return r.annotate(size_bytes=info["size_bytes"], artifact=Artifact("pt2e-int8", {"program": str(path)}, {}, eager.preprocess),
                       kernels=Kernels(info["kernels"], None, "", {k: v for k, v in info.items() if k != "size_method"}),
                       one_time_cost_seconds={"calibration and conversion": info["seconds"], "compile": info["compile_seconds"]},
                       size_method=info["size_method"], **details)
@@ -366,7 +366,7 @@ def gru_runners(dataset, out_dir: str | Path, threads: int, epochs: int, seed: i
     train_gru(gru, dataset.train.images, dataset.train.labels, epochs=epochs, seed=seed)
     train_s = time.perf_counter() - t0
     path = save_state_dict(gru, Path(out_dir) / "gru-fp32.state.pt")
-    quantized, info = quantize_dynamic(gru)
+    quantized, info = quantize_dynamic_module(gru)
     runners = []
     for model, name, evidence in ((gru, "gru-fp32", module_evidence(gru)), (quantized, "gru-int8-dynamic", info)):
         int8 = model is quantized
@@ -374,7 +374,7 @@ def gru_runners(dataset, out_dir: str | Path, threads: int, epochs: int, seed: i
                                                           "num_classes": gru.num_classes, "dynamic_int8": int8,
                                                           "engine": engine()})
         r = GruRunner(model, name, "int8" if int8 else "fp32", threads)
-        runners.append(r.describe(size_bytes=state_dict_size_bytes(model), artifact=artifact, kernels=_kernels(evidence),
+        runners.append(r.annotate(size_bytes=state_dict_size_bytes(model), artifact=artifact, kernels=_kernels(evidence),
                                   one_time_cost_seconds={"training (fp32)": train_s}))
     return runners
 
@@ -385,5 +385,5 @@ def load_gru(artifact: Artifact, name: str, threads: int, device: str) -> GruRun
     model = DigitsGRU(hidden=o["hidden"], layers=o["layers"], num_classes=o["num_classes"]).eval()
     model.load_state_dict(torch.load(artifact.files["state"], map_location="cpu", weights_only=True))
     if o["dynamic_int8"]:
-        model, _ = quantize_dynamic(model)
+        model, _ = quantize_dynamic_module(model)
     return GruRunner(model, name, "int8" if o["dynamic_int8"] else "fp32", threads)

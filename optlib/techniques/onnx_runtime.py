@@ -35,7 +35,7 @@ def ort_runners(graphs: Graphs, spec: PreprocessSpec, params: Params, artifacts_
         t0 = time.perf_counter()
         r = OrtRunner(graphs.paths["model"], spec, name=name, config=config, features_path=graphs.paths.get("features"),
                       head_path=graphs.paths.get("head"))
-        runners.append(r.describe(size_bytes=onnx_size_bytes(graphs.paths["model"]),
+        runners.append(r.annotate(size_bytes=onnx_size_bytes(graphs.paths["model"]),
                                   one_time_cost_seconds={"export": graphs.export_seconds,
                                                          "session creation": time.perf_counter() - t0},
                                   onnx=graphs.info()))

@@ -307,5 +307,5 @@ def eager_runner(model: nn.Module, name: str, eager: Artifact, out_dir: str | Pa
     """PyTorch eager over a pruned model, its artifact saved in `out_dir`."""
     artifact = pruned_artifact(model, eager, Path(out_dir) / f"{name}.state.pt")
     r = TorchRunner(model, spec_of(eager), name=name, threads=threads, technique="pruning")
-    return r.describe(size_bytes=Path(artifact.files["state"]).stat().st_size, artifact=artifact,
+    return r.annotate(size_bytes=Path(artifact.files["state"]).stat().st_size, artifact=artifact,
                       one_time_cost_seconds=one_time_cost_seconds, pruning=pruning)

@@ -14,10 +14,8 @@ Also tested here: `graph_shapes` (the image profile's batch range on a stage gra
 What is written against NVIDIA's documentation and has never executed on this project's machines
 (no GPU, and TensorRT cannot be installed on them): `build_engine` (OnnxParser, optimisation profile,
 workspace pool, builder optimisation level, timing cache, strongly typed network),
-`TensorRTRunner` (deserialize, set_input_shape / set_tensor_address / execute_async_v3 on torch's
-current stream; the full-model engine for `predict`, the features and head engines for the stage
-split; stages are timed on the host clock after a stream synchronize, like every backend) and
-`torch_tensorrt_runner`.
+the runner in backends/tensorrt.py (deserialize, set_input_shape / set_tensor_address /
+execute_async_v3 on torch's current stream) and `torch_tensorrt_runner`.
 
 Precision across versions: TensorRT 11 networks are always strongly typed (its builder precision
 flags and implicit INT8 calibrators are gone); TensorRT 10 still has the flags but accepts a
@@ -26,6 +24,7 @@ precision from the graph: an FP16 ONNX graph for FP16, a Q/DQ graph for INT8.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -34,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.base import Runner
 from ..results.values import Artifact
 from ..workload.data import PreprocessSpec
 from .int8_onnx import StaticQuantConfig
@@ -312,88 +310,6 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
                        **base)
 
 
-class TensorRTRunner(Runner):
-    """A serialized engine (full model; features and head engines when given) run on torch's
-    current CUDA stream with torch tensors as buffers; `synchronize` waits for the stream."""
-    backend = "tensorrt"
-    device = "cuda"
-
-    def __init__(self, engine_path: str | Path, spec: PreprocessSpec, name: str, precision: str,
-                 features_path: str | Path | None = None, head_path: str | Path | None = None):
-        import tensorrt as trt
-
-        super().__init__(spec)
-        self.name, self.precision, self.technique = name, precision, "tensorrt"
-        self._trt = trt
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._model = self._load(engine_path)
-        self._features = self._load(features_path) if features_path else None
-        self._head = self._load(head_path) if head_path else None
-        self.stage_split = self._features is not None and self._head is not None
-
-    def _load(self, path):
-        engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
-        if engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {path} (built by another TensorRT version or GPU?)")
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        return engine, engine.create_execution_context(), inputs[0], outputs[0]
-
-    def _run(self, part, x):
-        import torch
-
-        engine, context, iname, oname = part
-        dtypes = {self._trt.DataType.FLOAT: torch.float32, self._trt.DataType.HALF: torch.float16,
-                  self._trt.DataType.BF16: torch.bfloat16}
-        x = x.to("cuda", dtypes[engine.get_tensor_dtype(iname)], non_blocking=True).contiguous()
-        context.set_input_shape(iname, tuple(x.shape))
-        out = torch.empty(tuple(context.get_tensor_shape(oname)), dtype=dtypes[engine.get_tensor_dtype(oname)],
-                          device="cuda")
-        context.set_tensor_address(iname, x.data_ptr())
-        context.set_tensor_address(oname, out.data_ptr())
-        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError(f"{self.name}: execute_async_v3 failed")
-        return out
-
-    def extract_features(self, x):
-        return self._run(self._features, x) if self.stage_split else x
-
-    def classify(self, features) -> np.ndarray:
-        out = self._run(self._head, features) if self.stage_split else self._run(self._model, features)
-        return out.float().cpu().numpy()
-
-    def predict(self, images) -> np.ndarray:
-        return self._run(self._model, self.preprocess(images)).float().cpu().numpy()
-
-    def synchronize(self) -> None:
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def load_engine(artifact, name: str, threads: int, device: str) -> TensorRTRunner:
-    """backends.artifacts loader of kind `tensorrt`: the serialized engine, deserialized."""
-    from ..backends.artifacts import spec_of
-
-    f = artifact.files
-    return TensorRTRunner(f["engine"], spec_of(artifact), name, artifact.options["precision"],
-                          features_path=f.get("features"), head_path=f.get("head"))
-
-
-def load_torch_tensorrt(artifact, name: str, threads: int, device: str):
-    """backends.artifacts loader of kind `torch-tensorrt`: the saved exported program."""
-    import torch
-    import torch_tensorrt  # noqa: F401  (registers the TensorRT ops the program calls)
-
-    from ..backends.artifacts import spec_of
-    from ..backends.pytorch import TorchRunner
-
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[artifact.options["precision"]]
-    return TorchRunner(torch.export.load(artifact.files["program"]).module(), spec_of(artifact), name=name,
-                       device="cuda", threads=threads, technique="tensorrt", input_dtype=dtype)
-
-
 def torch_tensorrt_runner(model, spec: PreprocessSpec, shapes: dict, precision: str, out_dir: str | Path,
                           name: str | None = None):
     """torch-tensorrt (dynamo) compile of the eager model with a dynamic batch, FP32 or FP16 (from a
@@ -404,7 +320,7 @@ def torch_tensorrt_runner(model, spec: PreprocessSpec, shapes: dict, precision: 
     from ..backends.pytorch import TorchRunner
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-    m = model.to("cuda", dtype).eval()
+    m = copy.deepcopy(model).to("cuda", dtype).eval()  # a copy: Module.to would move the chapter's own model
     inputs = [torch_tensorrt.Input(min_shape=shapes["min"], opt_shape=shapes["opt"], max_shape=shapes["max"],
                                    dtype=dtype)]
     t0 = time.perf_counter()
@@ -418,7 +334,7 @@ def torch_tensorrt_runner(model, spec: PreprocessSpec, shapes: dict, precision: 
                          technique="tensorrt", input_dtype=dtype)
     runner.backend, runner.precision = "torch-tensorrt", precision
     artifact = Artifact("torch-tensorrt", {"program": str(path)}, {"precision": precision}, spec.to_dict())
-    return runner.describe(size_bytes=path.stat().st_size, artifact=artifact, one_time_cost_seconds={"compile": seconds},
+    return runner.annotate(size_bytes=path.stat().st_size, artifact=artifact, one_time_cost_seconds={"compile": seconds},
                            torch_tensorrt={"version": torch_tensorrt.__version__, "shapes": {
                                k: list(v) for k, v in shapes.items()}})
 

@@ -85,7 +85,8 @@ def _is_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _first_line(e: Exception) -> str:
+def _last_line(e: Exception) -> str:
+    """The last non-empty line of an error (torch.load puts the cause there, after its advice)."""
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     return lines[-1][:200] if lines else type(e).__name__
 
@@ -159,10 +160,10 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, str, l
             raise CheckpointError(
                 f"{path}: refused to load with weights_only=True: {where or m.group(1)}. If you trust this file, set "
                 "model.trust_checkpoint: true to load it as a full pickle (it can run code)") from None
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_last_line(e)})") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
-                              f"{_first_line(e)})") from None
+                              f"{_last_line(e)})") from None
     if isinstance(obj, nn.Module):
         return obj.state_dict(), "pickled-module", [], {}
     if _is_state_dict(obj):

@@ -1,6 +1,6 @@
 """Chapter 08's experiment: every training configuration's gradients, estimate, memory per batch
 size (child processes), step time (interleaved trials, one child per batch size), largest batch under the budget, and
-one record each (technique `training-memory`). The mechanics live in techniques.training_memory.
+one record each (technique `training-memory`). The mechanics live in measurement.training_memory.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..measurement.stats import paired_ratio, summarize
 from ..results.records import Record, write_record
 from ..results.values import Memory, to_plain
 from ..workload.data import preprocess
-from . import training_memory as tm
+from ..measurement import training_memory as tm
 
 TECHNIQUE = "training-memory"
 MAX_SAVED_IMAGES = 512  # preprocessed images handed to the children; larger batches repeat them
@@ -71,7 +71,7 @@ def plan(ch) -> Plan:
                                                                    gx, gy)
                 out.estimates[config.name] = tm.estimate(ch.model, config, ch.model_info.head, ch.outputs, images,
                                                          labels, M.optimizer)
-        except tm.CheckpointError as e:
+        except tm.CheckpointingError as e:
             reason = str(e)
         if reason is not None:
             out.skipped[config.name] = reason
@@ -113,7 +113,7 @@ def too_big_to_time(sweep: dict[str, dict[int, tm.StepMemory]], batch_sizes: lis
 def step_times(ch, p: Plan, sweep: dict[str, dict[int, tm.StepMemory]] | None = None,
                progress: bool = True) -> tuple[dict[int, dict[str, list[np.ndarray]]], dict[int, str]]:
     """Training-step times (ms) of every configuration at each batch size, interleaved in one child
-    process per batch size (techniques.training_memory.measure_step_times): whatever a batch size
+    process per batch size (measurement.training_memory.measure_step_times): whatever a batch size
     costs in memory, it cannot take the chapter's process down with it. A batch size whose largest
     child peak in `sweep` is more than this machine has available is not timed.
     Returns ({batch size: {name: [one array per trial]}}, {batch size not timed: why})."""
@@ -137,7 +137,7 @@ def step_times(ch, p: Plan, sweep: dict[str, dict[int, tm.StepMemory]] | None = 
 def largest_batches(ch, p: Plan, sweep: dict[str, dict[int, tm.StepMemory]],
                     progress: bool = True) -> dict[str, tm.BatchSearch]:
     """The largest batch under `memory.budget_gib` for each configuration: the sweep's results,
-    then probes in capped child processes (techniques.training_memory.largest_batch)."""
+    then probes in capped child processes (measurement.training_memory.largest_batch)."""
     M = ch.params.memory
     budget = int(M.budget_gib * tm.GIB)
     out = {}

@@ -7,12 +7,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..backends.onnxruntime import OrtConfig, OrtRunner
+from ..backends.tensorrt import TensorRTRunner
 from ..results.values import Artifact
 from ..workload.data import CalibrationError, calibration_set, preprocess
-from . import int8_onnx as qo
-from . import tensorrt as trt_tools
-from .onnx_export import ExportConfig, onnx_size_bytes
-from .precision import fp16_graph
+from ..techniques import int8_onnx as qo
+from ..techniques import tensorrt as trt_tools
+from ..techniques.onnx_export import ExportConfig, onnx_size_bytes
+from ..techniques.precision import fp16_graph
 
 TECHNIQUE = "tensorrt"
 
@@ -46,7 +47,7 @@ def prepare(ch) -> Setup:
     out.qdq = qo.static_runner(graphs, calibration, config, ch.spec, OrtConfig.from_params(P),
                                name="onnxruntime-int8-trt-qdq")
     out.report = trt_tools.qdq_report(out.qdq.artifact.files["model"])
-    out.qdq.describe(tensorrt_qdq={**dataclasses.asdict(out.report), "compatible": out.report.compatible,
+    out.qdq.annotate(tensorrt_qdq={**dataclasses.asdict(out.report), "compatible": out.report.compatible,
                                    "coverage": out.report.coverage, "problems": out.report.problems()})
     return out
 
@@ -110,7 +111,7 @@ def gpu_runners(ch, s: Setup) -> list:
             config = OrtConfig.from_params(P, providers=[provider, "CPUExecutionProvider"], provider_options=options)
             r = OrtRunner(s.graphs.paths["model"], ch.spec, name=name, config=config,
                           features_path=s.graphs.paths.get("features"), head_path=s.graphs.paths.get("head"))
-            runners.append(r.describe(size_bytes=onnx_size_bytes(s.graphs.paths["model"])))
+            runners.append(r.annotate(size_bytes=onnx_size_bytes(s.graphs.paths["model"])))
     return runners
 
 
@@ -127,12 +128,12 @@ def _engine_runner(ch, s: Setup, precision: str, graphs: dict):
         workspace_bytes=int(T.workspace_gib * 2 ** 30), optimization_level=T.optimization_level, timing_cache=cache,
         gpu=s.availability["gpu"] or "", part=part) for part, p in sources.items()}
     files = {"engine" if part == "model" else part: str(b.path) for part, b in builds.items()}
-    runner = trt_tools.TensorRTRunner(files["engine"], ch.spec, f"tensorrt-{precision}", precision,
+    runner = TensorRTRunner(files["engine"], ch.spec, f"tensorrt-{precision}", precision,
                                       features_path=files.get("features"), head_path=files.get("head"))
     model = builds["model"]
     artifact = Artifact("tensorrt", files, {"precision": precision, "key": model.key, "tensorrt": model.tensorrt},
                         ch.spec.to_dict())
-    return runner.describe(size_bytes=model.size_bytes, artifact=artifact, one_time_cost_seconds={
+    return runner.annotate(size_bytes=model.size_bytes, artifact=artifact, one_time_cost_seconds={
         "engine build": sum(b.seconds for b in builds.values())}, tensorrt={
         part: trt_tools.describe_build(b) for part, b in builds.items()}, onnx_source=str(sources["model"]))
 

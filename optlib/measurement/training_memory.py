@@ -2,15 +2,11 @@
 step time, and the largest batch that fits a memory budget.
 
 A configuration (`TrainConfig`) is a training precision (fp32; bf16-autocast; fp16-autocast with a
-GradScaler, CUDA only) and where activations are recomputed instead of stored (torch.utils.checkpoint,
-non-reentrant): nowhere; `stage`, each top-level nn.Sequential of the body (ResNet's layer1..4);
-`block`, each child of those (ResNet's blocks, MobileNetV2's feature blocks); `sequential`,
-checkpoint_sequential over the whole body, stem included, where the model's forward is its children
-in order followed by flatten and the head (ResNet, not MobileNetV2, which pools functionally); or
-`custom`, the module paths the user names.
+GradScaler, CUDA only) and where activations are recomputed instead of stored: nowhere, or a
+granularity of techniques.checkpointing (stage, block, sequential, custom).
 
 - Memory: each (configuration, batch size) runs in its own child process (`python -m
-  optlib.techniques.training_memory`), which rebuilds the model from its artifact, makes the batch
+  optlib.measurement.training_memory`), which rebuilds the model from its artifact, makes the batch
   and the optimizer, resets its peak resident memory (/proc/self/clear_refs) and reads the resting
   memory, runs a few training steps and reads the peak (VmHWM); on CUDA max_memory_allocated and
   reserved after a reset. The children run with glibc's mmap threshold fixed (`CHILD_ENV`): with
@@ -30,27 +26,27 @@ in order followed by flatten and the head (ResNet, not MobileNetV2, which pools 
 """
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import resource
 import sys
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from ..core.choices import CHECKPOINT_GRANULARITIES, TRAIN_OPTIMIZERS, TRAIN_PRECISIONS, check_choice
 from ..core.env import bf16_kernels_on_cpu
-from ..measurement.memory import proc_status_bytes, reset_peak, run_child
+from ..techniques.checkpointing import (ChainForward, CheckpointingError, body_chain,  # noqa: F401 (re-exported)
+                                        checkpoint_paths, trainable)
 from ..workload.models import resolve_module
 from ..workload.outputs import Outputs
+from .launcher import run_child
+from .memory import proc_status_bytes, reset_peak
 
 GIB = 1024 ** 3
 # Child processes: glibc returns every tensor of 64 KiB or more to the system when it is freed, so
@@ -64,10 +60,6 @@ DTYPES = {"fp32": None, "bf16-autocast": torch.bfloat16, "fp16-autocast": torch.
 METHOD = ("peak resident memory (VmHWM, reset after setup) of a fresh child process that rebuilds the model, makes "
           "the batch and the optimizer, then runs {steps} training steps; resting = its resident memory after "
           "setup; glibc mmap threshold fixed at 64 KiB so freed tensors leave the process")
-
-
-class CheckpointError(ValueError):
-    """The model has no part the chosen granularity can checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -134,127 +126,19 @@ def unavailable_reason(config: TrainConfig, device: str) -> str | None:
     return None
 
 
-# --- where activations are recomputed ---------------------------------------------------------
-
-def _head_top(head: str | None) -> str | None:
-    return head.split(".")[0] if head else None
-
-
-def checkpoint_paths(model: nn.Module, config: TrainConfig, head: str | None) -> list[str]:
-    """The module paths a stage / block / custom configuration checkpoints (CheckpointError when
-    the model has none)."""
-    if config.checkpoint == "custom":
-        for path in config.modules:
-            try:
-                resolve_module(model, path)
-            except ValueError as e:
-                raise CheckpointError(str(e).replace("'model.head'", "'memory.checkpoint_modules'")) from None
-        return list(config.modules)
-    stages = [(n, m) for n, m in model.named_children()
-              if isinstance(m, nn.Sequential) and n != _head_top(head) and any(True for _ in m.parameters())]
-    if not stages:
-        raise CheckpointError(f"{type(model).__name__} has no nn.Sequential stage outside its head to checkpoint: "
-                              "name modules in memory.checkpoint_modules")
-    if config.checkpoint == "stage":
-        return [n for n, _ in stages]
-    return [f"{n}.{c}" for n, m in stages for c, _ in m.named_children()]
-
-
-def body_chain(model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:
-    """The model's top-level children before its head, each top-level nn.Sequential expanded into
-    its children: the layers `sequential` checkpointing runs as one chain."""
-    if not head or "." in head:
-        raise CheckpointError("sequential checkpointing needs a top-level head (model.head such as fc); "
-                              f"this model's head is {head!r}")
-    chain = []
-    for name, m in model.named_children():
-        if name == head:
-            break
-        chain += [(f"{name}.{c}", cm) for c, cm in m.named_children()] if isinstance(m, nn.Sequential) else [(name, m)]
-    return chain
-
-
-class ChainForward(nn.Module):
-    """The model run as flatten(body chain) -> head, the chain under checkpoint_sequential while
-    training. Holds the model's own modules (its parameters are the model's)."""
-
-    def __init__(self, chain: list[tuple[str, nn.Module]], head: nn.Module, segments: int):
-        super().__init__()
-        self.body = nn.Sequential(OrderedDict((n.replace(".", "_"), m) for n, m in chain))
-        self.head = head
-        self.segments = segments
-        self.checkpointing = True
-        # A layer that starts a segment must not write into its input in place: that input is the
-        # previous segment's output, which the checkpoint keeps (and the recomputation reads).
-        size = len(self.body) // segments
-        for i in range(0, len(self.body), size):
-            if getattr(self.body[i], "inplace", False):
-                self.body[i].inplace = False
-
-    def forward(self, x):
-        if self.checkpointing and self.training and torch.is_grad_enabled():
-            x = checkpoint_sequential(self.body, self.segments, x, use_reentrant=False)
-        else:
-            x = self.body(x)
-        return self.head(torch.flatten(x, 1))
-
-    def segment_of(self) -> dict[nn.Module, int | None]:
-        """Each chain layer's checkpointed segment, as checkpoint_sequential cuts the chain (None:
-        the last segment, which it runs without checkpointing)."""
-        size = len(self.body) // self.segments
-        return {m: (i // size if i < size * (self.segments - 1) else None) for i, m in enumerate(self.body)}
-
-
 def choose_segments(model: nn.Module, head: str | None, outputs: Outputs, x: torch.Tensor, y: torch.Tensor,
                     precision: str = "fp32") -> tuple[int, dict[int, int]]:
     """The segment count of `sequential` checkpointing with the least estimated activation memory
     (`saved_bytes` on `x`), from 2 up to the number of layers (at most 16), and every estimate."""
-    n = len(body_chain(model, head))
+    chain = body_chain(model, head)
+    n = len(chain)
+    if n < 2:  # a wrapped backbone (self.backbone, then the head) is one module: nothing to cut into segments
+        raise CheckpointingError(f"sequential checkpointing needs at least 2 layers before the head; this model has "
+                                 f"{[name for name, _ in chain]}: use block or stage, or name modules in "
+                                 "memory.checkpoint_modules")
     held = {s: saved_bytes(model, TrainConfig(precision, "sequential", segments=s), head, outputs, x, y)["held"]
             for s in range(2, min(n, 16) + 1)}
     return min(held, key=held.get), held
-
-
-def _checkpointed_forward(module: nn.Module) -> None:
-    inner = module.forward
-
-    def forward(*args, **kwargs):
-        if module.training and torch.is_grad_enabled():
-            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
-        return inner(*args, **kwargs)
-
-    module.forward = forward
-
-
-def trainable(model: nn.Module, config: TrainConfig, head: str | None, sample: torch.Tensor | None = None):
-    """(module to call, module holding the parameters): a deep copy of `model` in training mode with
-    `config`'s checkpointing applied. For `sequential`, `sample` (a few images) checks first that
-    the chain reproduces the model's output (CheckpointError when it does not)."""
-    held = copy.deepcopy(model).train()
-    if config.checkpoint == "none":
-        return held, held
-    if config.checkpoint == "sequential":
-        chain = body_chain(held, head)
-        if config.segments is None:
-            raise ValueError("sequential checkpointing needs its segment count (choose_segments)")
-        if config.segments > len(chain):
-            raise CheckpointError(f"memory.segments is {config.segments} but the body has {len(chain)} layers")
-        wrapper = ChainForward(chain, resolve_module(held, head), config.segments)
-        if sample is not None:
-            held.eval()
-            with torch.no_grad():
-                try:
-                    same = torch.allclose(wrapper(sample), held(sample), rtol=1e-4, atol=1e-5)
-                except RuntimeError:
-                    same = False
-            held.train()
-            if not same:
-                raise CheckpointError(f"{type(model).__name__}'s forward is not its children in order followed by "
-                                      "flatten and the head (it applies functions between them): use block or stage")
-        return wrapper.train(), held
-    for path in checkpoint_paths(held, config, head):
-        _checkpointed_forward(resolve_module(held, path))
-    return held, held
 
 
 def make_optimizer(params, name: str, lr: float):
@@ -469,7 +353,7 @@ def measure_step_memory(job: ChildJob, config: TrainConfig, batch_size: int, lim
     (CHILD_ENV set); with `limit_bytes`, an allocation that would take the process more than
     `slack_bytes` of address space beyond it fails and the result is `oom`."""
     with tempfile.TemporaryDirectory(prefix="optlib-train-memory-") as d:
-        result, error = run_child("optlib.techniques.training_memory", d, {
+        result, error = run_child("optlib.measurement.training_memory", d, {
             "job": asdict(job), "config": config.to_dict(), "batch_size": batch_size, "limit_bytes": limit_bytes,
             "slack_bytes": slack_bytes}, timeout_s, CHILD_ENV)
     if result is not None:
@@ -495,7 +379,7 @@ def measure_step_times(job: ChildJob, configs: list[TrainConfig], batch_size: in
     (not CHILD_ENV) and hands free heap pages back between blocks; running out of memory there
     costs this batch size's times, not the chapter."""
     with tempfile.TemporaryDirectory(prefix="optlib-train-times-") as d:
-        result, error = run_child("optlib.techniques.training_memory", d, {
+        result, error = run_child("optlib.measurement.training_memory", d, {
             "mode": "times", "job": asdict(job), "configs": [c.to_dict() for c in configs], "batch_size": batch_size,
             "warmup": warmup, "trials": trials, "steps_per_trial": steps_per_trial}, timeout_s)
     if result is None:
@@ -533,7 +417,7 @@ def _trainable_step(model, config: TrainConfig, job: ChildJob, x):
 
 
 def _times_child(spec: dict, job_dir: Path) -> None:
-    from ..measurement.memory import release_free_heap
+    from .memory import release_free_heap
 
     job, bs = ChildJob(**spec["job"]), spec["batch_size"]
     model, outputs, x, y = _child_setup(job, bs)
