@@ -22,7 +22,7 @@ from optlib.core import paths, runstate
 BODY = '''import os, time
 from optlib.core.params import notebook_params
 from optlib.results.records import Record, write_record
-P = notebook_params(None, target=target, bench=bench, quant=quant)
+P = notebook_params(None, **params)
 value = P.bench.samples if NOTEBOOK.startswith("00") else P.quant.calibration_size
 write_record(Record(target=P.target, notebook=NOTEBOOK, name=NOTEBOOK + "-rec", technique="baseline",
                     backend="pytorch", precision="fp32", extra={"value": value}))
@@ -36,7 +36,7 @@ def make_notebooks(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     for name in ("00_a", "01_b"):
         nb = nbformat.v4.new_notebook()
-        cell = nbformat.v4.new_code_cell('target = "x"\nbench = {}\nquant = {}')
+        cell = nbformat.v4.new_code_cell('params = {"target": "x"}')
         cell.metadata["tags"] = ["parameters"]
         nb.cells = [cell, nbformat.v4.new_code_cell(f'NOTEBOOK = "{name}"\n' + BODY)]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -164,7 +164,7 @@ def test_every_consumer_applies_the_one_rule(tmp_path):
     assert budget_pick == ["ptq-pool"]
     picked, why = deploy.choose(list(recs.values()), 0.005)
     assert picked.name == "ptq-pool" and "within" in why
-    with pytest.raises(deploy.DeployError, match="none of the 1 ONNX Runtime configuration.*unresolved"):
+    with pytest.raises(deploy.DeployError, match="none of the 1 ONNX Runtime or OpenVINO configuration.*unresolved"):
         deploy.choose([recs["pytorch-fp32"], recs["ptq-no-pool"]], 0.005)  # nothing certified: nothing handed off
     for r in recs.values():  # the stored verdict is the same rule's
         r.verdict = V.verdict_of(r, 0.005)

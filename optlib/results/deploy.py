@@ -56,11 +56,11 @@ def choose(records: list[Record], max_accuracy_drop: float) -> tuple[Record, str
     own = [r for r in records if not r.name.startswith(final_round.PREFIX) and shippable(r)
            and within_budget(r, max_accuracy_drop) and r.speedup(final_round.REFERENCE) is not None]
     if not own:
-        onnx = [r for r in records if shippable(r) and r.speedup(final_round.REFERENCE) is not None]
-        if onnx:
-            raise DeployError(f"none of the {len(onnx)} ONNX Runtime or OpenVINO configuration(s) is shown within the "
+        candidates = [r for r in records if shippable(r) and r.speedup(final_round.REFERENCE) is not None]
+        if candidates:
+            raise DeployError(f"none of the {len(candidates)} ONNX Runtime or OpenVINO configuration(s) is shown within the "
                               f"{max_accuracy_drop:.1%} accuracy budget by its evidence (verdicts: "
-                              + ", ".join(sorted({v.label for r in onnx if (v := verdict_of(r, max_accuracy_drop))}))
+                              + ", ".join(sorted({v.label for r in candidates if (v := verdict_of(r, max_accuracy_drop))}))
                               + "): more labelled images, or a label-free pool (data.fidelity_root), can resolve them")
         raise DeployError("no ONNX Runtime or OpenVINO configuration with a same-run speed-up: run "
                           "02_onnx_and_compilers (and 99_comparison for the final round) first")
