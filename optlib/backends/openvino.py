@@ -7,7 +7,7 @@ OpenVINO runs a model compiled without a hint in BF16 and it looks like a 2.3x f
 (platform facts). So FP32 is compiled with the hint forced to f32, BF16 is its own configuration,
 and an INT8 model is the FP32 hint over a graph with FakeQuantize nodes (NNCF's,
 techniques.int8_nncf). What really ran is read back from the compiled model's runtime graph: each
-executed node's layer type, runtime precision and oneDNN primitive (`executed_kernels`).
+executed node's layer type, runtime precision and oneDNN primitive (`executed_nodes`, `kernels_of`).
 
 OpenVINO is optional (the `cpu` extra has it): `unavailable()` says why it cannot be used here.
 """

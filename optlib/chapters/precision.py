@@ -32,7 +32,8 @@ class Configurations:
 
 def configurations(ch, ort_config: OrtConfig | None = None, capabilities: dict | None = None) -> Configurations:
     """Eager FP32, ONNX Runtime FP32 and FP16, the PyTorch variants (precision.variants, each in
-    channels_last too), torch.compile FP32 and BF16 (compilers.compile_modes[0]); every PyTorch
+    channels_last too), torch.compile FP32 and BF16 (compilers.compile_modes[0]), OpenVINO FP32 and
+    BF16 (the same IR, two precision hints; skipped where OpenVINO cannot load); every PyTorch
     runner described with the kernels it executed. On a CPU target the CUDA configurations are
     skipped with the reason, and the variants slow on this CPU (Variant.slow_on_cpu; compiled BF16
     too where oneDNN has no BF16 kernels) go to the slow round."""
