@@ -157,15 +157,41 @@ def test_factorial_effects_match_hand_computed_factors():
     assert (effects["trials"] == 12).all()
 
 
+def test_factorial_effects_of_the_second_runtime_step_onnxruntime_to_openvino():
+    """The runtime factor's levels are steps (PyTorch -> ONNX Runtime -> OpenVINO): with OpenVINO's
+    INT8 cells the ONNX Runtime -> OpenVINO x sparsity square at INT8 is its own row set. ORT INT8
+    dense 2 ms, pruned 1; OpenVINO 1 and 0.25: OpenVINO 2x dense, 4x pruned (geometric mean
+    sqrt 8), compounding 2; the PyTorch -> ONNX Runtime square at FP32 is there too."""
+    cells = {("pytorch", "fp32", "dense"): ("pytorch-fp32", 10.0), ("onnxruntime", "fp32", "dense"): ("ort", 5.0),
+             ("pytorch", "fp32", "pruned"): ("p-eager", 5.0), ("onnxruntime", "fp32", "pruned"): ("p-ort", 2.5),
+             ("onnxruntime", "int8", "dense"): ("ort-int8", 2.0), ("onnxruntime", "int8", "pruned"): ("p-ort-int8", 1.0),
+             ("openvino", "int8", "dense"): ("ov-int8", 1.0), ("openvino", "int8", "pruned"): ("p-ov-int8", 0.25)}
+    design = {"factorial": {"pruned": "p", "cells": [[*c, n] for c, (n, _) in cells.items()]}}
+    records = {fr.PREFIX + n: _timed(fr.PREFIX + n, [ms] * 6, extra={"final_round": design} if n == "pytorch-fp32" else {})
+               for n, ms in cells.values()}
+    effects = fr.factorial_effects(records)
+    ov = effects[effects["square"] == "runtime x sparsity at precision = int8"].set_index("effect")
+    assert ov.loc["runtime: onnxruntime -> openvino", "factor"] == pytest.approx(np.sqrt(8))
+    assert ov.loc["runtime x sparsity (compounding)", "factor"] == pytest.approx(2.0)
+    assert ov.loc["sparsity: dense -> pruned", "cells"] == "ort-int8, p-ort-int8, ov-int8, p-ov-int8"
+    eager = effects[effects["square"] == "runtime x sparsity at precision = fp32"].set_index("effect")
+    assert eager.loc["runtime: pytorch -> onnxruntime", "factor"] == pytest.approx(2.0)
+    assert set(effects["square"]) == {"runtime x sparsity at precision = fp32", "runtime x sparsity at precision = int8",
+                                      "precision x sparsity at runtime = onnxruntime"}
+
+
 def test_factorial_design_takes_the_fastest_label_with_all_cells():
     def rec(name, precision="fp32", technique="t", ms=1.0, speedups=(), threads=2):
         r = record(name, "06_pruning", extra={"pruning": {"kind": "structured"}} if technique == "pruning" else {})
         r.precision, r.technique, r.speedups = precision, technique, list(speedups)
+        r.backend = "openvino" if "openvino" in name else "pytorch" if "pytorch" in name else "onnxruntime"
         r.latency_ms = {"total": summarize([np.full(3, ms)] * 3)}
         r.device = {"kind": "cpu", "threads": threads}
         return r
 
-    against = [Ratio(1.0, (1, 1), "int8-dense", trials=3, batch_size=1), Ratio(1.0, (1, 1), "int8-dense-1t", trials=3, batch_size=1)]
+    # 06 times its pruned INT8 graphs against each unpruned INT8 one, OpenVINO's first here: the
+    # design takes ONNX Runtime's at the same threads
+    against = [Ratio(1.0, (1, 1), n, trials=3, batch_size=1) for n in ("openvino-int8-nncf", "int8-dense", "int8-dense-1t")]
     cands = [rec("pytorch-fp32"), rec("onnxruntime-fp32"), rec("int8-dense", "int8"), rec("int8-dense-1t", "int8", threads=1)]
     for label, ms in (("a", 0.5), ("b", 0.3), ("c", 0.1)):
         cands += [rec(f"{label}-onnxruntime-fp32", technique="pruning"),
@@ -176,6 +202,14 @@ def test_factorial_design_takes_the_fastest_label_with_all_cells():
     assert label == "b"
     assert cells[("onnxruntime", "int8", "dense")] == "int8-dense"  # same threads as b's INT8
     assert cells[("pytorch", "fp32", "pruned")] == "b-pytorch-fp32" and len(cells) == 6
+    # OpenVINO's cells join where they exist at b's threads: its dense NNCF INT8 at 1 thread does not
+    cands += [rec("openvino-fp32"), rec("openvino-int8-nncf", "int8", threads=1),
+              rec("b-openvino-int8", "int8", "pruning"), rec("a-openvino-int8", "int8", "pruning")]
+    label, cells = fr.factorial_design({r.name: r for r in cands})
+    assert label == "b" and len(cells) == 8
+    assert cells[("openvino", "fp32", "dense")] == "openvino-fp32"
+    assert cells[("openvino", "int8", "pruned")] == "b-openvino-int8"
+    assert ("openvino", "int8", "dense") not in cells
 
 
 def test_roofline_table_shares_of_the_measured_peaks():

@@ -177,6 +177,63 @@ def test_finetune_freezes_once_at_the_named_epoch_and_scales_the_rate():
         FineTuneRecipe(1, 0.01, "linear")
 
 
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_distillation_loss_is_hintons_softened_divergence(temperature):
+    """Against numpy: softmax, KL(teacher || student) of the softened distributions times T^2 (per
+    image); one sigmoid logit, the soft-target binary cross entropy times T^2, which is the
+    binary KL up to the teacher's own entropy (a constant)."""
+    from scipy.special import log_softmax, softmax
+
+    from optlib.workload.outputs import Outputs
+
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(0, 2, (6, 3)), rng.normal(0, 2, (6, 3))
+    T = temperature
+    p = softmax(t / T, axis=1)
+    kl = (p * (np.log(p) - log_softmax(s / T, axis=1))).sum(1).mean() * T * T
+    got = Outputs("softmax", 3).distillation_loss(torch.tensor(s), torch.tensor(t), T)
+    assert float(got) == pytest.approx(kl, rel=1e-9)
+    binary = Outputs("sigmoid", 2, positive_index=1)
+    s1, t1 = s[:, :1], t[:, :1]
+    q, r = 1 / (1 + np.exp(-s1 / T)), 1 / (1 + np.exp(-t1 / T))
+    bce = -(r * np.log(q) + (1 - r) * np.log(1 - q)).mean() * T * T
+    assert float(binary.distillation_loss(torch.tensor(s1), torch.tensor(t1), T)) == pytest.approx(bce, rel=1e-9)
+    entropy = -(r * np.log(r) + (1 - r) * np.log(1 - r)).mean() * T * T
+    same = binary.distillation_loss(torch.tensor(t1), torch.tensor(t1), T)
+    assert float(same) == pytest.approx(entropy, rel=1e-9)  # its minimum: the student equal to the teacher
+
+
+class _Says(nn.Module):
+    """A teacher that gives every image the same confident logits for class `k`."""
+    def __init__(self, k: int, classes: int = 10):
+        super().__init__()
+        self.logits = torch.full((classes,), -4.0)
+        self.logits[k] = 4.0
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_finetune_with_distillation_learns_the_teachers_decisions(distill):
+    """With distill = 1 the labels play no part: a student taught by a teacher that calls every
+    image class 3 ends up calling most training images 3; with distill = 0 (labels only) it does
+    not (the digits' class 3 is about a tenth of them)."""
+    ds = load_dataset(from_dict({"data": {"image_size": 16, "max_test_images": 10}}))
+    ds.train.images, ds.train.labels = ds.train.images[:128], ds.train.labels[:128]
+    spec = PreprocessSpec(16, [0.5], [0.5], grayscale_to_rgb=True)
+    model = build_model("torchvision:resnet18", 10)
+    recipe = FineTuneRecipe(3, 0.02, "constant", batch_size=32, distill=distill)
+    finetune(model, ds, spec, recipe, progress=False, teacher=_Says(3))
+    from optlib.workload.data import preprocess
+
+    with torch.no_grad():
+        said_3 = float((model(preprocess(ds.train.images, spec)).argmax(1) == 3).float().mean())
+    assert (said_3 > 0.9) if distill else (said_3 < 0.5)
+    with pytest.raises(ValueError, match="distill"):
+        FineTuneRecipe(1, 0.01, distill=1.5)
+
+
 def test_single_logit_custom_head_model_prunes_keeps_its_head_and_reloads(tmp_path):
     """The own-model form (backbone + MLP head ending in one logit): the head is kept whole, the
     backbone loses channels, and the rebuilt model reproduces the pruned one's logits."""

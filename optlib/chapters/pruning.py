@@ -93,13 +93,17 @@ class PruningStudy:
                 "flips": f.flips}
 
     def recipe(self, epochs: int) -> FineTuneRecipe:
-        return FineTuneRecipe.from_params(self.params, epochs)
+        """The fine-tuning recipe (finetune.*) at pruning's own rate and distillation (prune.*)."""
+        p, t = self.params.prune, self.params.train
+        lr = {} if p.lr_scale is None else {"lr": t.lr * p.lr_scale}
+        return FineTuneRecipe.from_params(self.params, epochs, distill=p.distill, temperature=p.distill_temperature, **lr)
 
     def finetune(self, model: nn.Module, epochs: int, desc: str = "fine-tune") -> tuple[list[dict], float]:
         if epochs == 0 or not self.can_train:
             return [], 0.0
         t0 = time.perf_counter()
-        history = finetune(model, self.dataset, self.spec, self.recipe(epochs), self.outputs, self.progress, desc=desc)
+        history = finetune(model, self.dataset, self.spec, self.recipe(epochs), self.outputs, self.progress, desc=desc,
+                           teacher=self.model)
         return history, time.perf_counter() - t0
 
     # --- unstructured ---------------------------------------------------------------------------
@@ -157,14 +161,15 @@ class PruningStudy:
         y = torch.from_numpy(np.asarray(train.labels)[idx].astype(np.int64))
         return [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
 
-    def prune(self, plan: pruning.StructuredPlan, epochs: int) -> PrunedModel:
+    def prune(self, plan: pruning.StructuredPlan, epochs: int, step_epochs: int | None = None) -> PrunedModel:
         """Structured pruning under `plan`, accuracy before fine-tuning, then `epochs` of fine-tuning
-        (iterative plans fine-tune as long after each step)."""
+        (iterative plans fine-tune `step_epochs`, default `epochs`, after each earlier step)."""
         steps_log = []
+        step_epochs = epochs if step_epochs is None else step_epochs
 
         def between(model, step):
             before = self.accuracy_row(model)["accuracy"]
-            _, secs = self.finetune(model, epochs, f"fine-tune step {step}")
+            _, secs = self.finetune(model, step_epochs, f"fine-tune step {step}")
             steps_log.append({"step": step, "accuracy_before_finetune": before,
                               "accuracy_after_finetune": self.accuracy_row(model)["accuracy"], "finetune_seconds": secs})
 
@@ -177,7 +182,8 @@ class PruningStudy:
         steps_log.append({"step": plan.steps, "accuracy_before_finetune": before,
                           "accuracy_after_finetune": self.accuracy_row(model)["accuracy"], "finetune_seconds": secs})
         total_ft = sum(s["finetune_seconds"] for s in steps_log)
-        info.update(finetune_epochs_per_step=epochs, finetune_seconds=total_ft, prune_seconds=prune_s, steps_log=steps_log,
+        info.update(finetune_epochs=epochs, step_finetune_epochs=step_epochs if plan.steps > 1 else None,
+                    finetune_epochs_total=epochs + (plan.steps - 1) * step_epochs, finetune_seconds=total_ft, prune_seconds=prune_s, steps_log=steps_log,
                     recipe=self.recipe(epochs).to_dict())
         return PrunedModel(f"structured-{plan.label()}", model, info, total_ft, hist)
 
@@ -213,18 +219,21 @@ class PruningStudy:
 
     def iterative(self) -> PrunedModel | None:
         """The main criterion to prune.iterative_ratio in prune.iterative_steps steps, fine-tuning
-        prune.finetune_epochs after every step (None when prune.iterative_steps is 0)."""
+        prune.step_finetune_epochs after every step but the last and prune.finetune_epochs after
+        it (None when prune.iterative_steps is 0)."""
         p = self.params.prune
         if p.iterative_steps == 0:
             return None
-        return self.prune(self.plan(p.criteria[0], p.iterative_ratio, "layer", steps=p.iterative_steps), p.finetune_epochs)
+        return self.prune(self.plan(p.criteria[0], p.iterative_ratio, "layer", steps=p.iterative_steps), p.finetune_epochs,
+                          p.step_finetune_epochs)
 
     def dense_control(self) -> PrunedModel:
         """The unpruned model fine-tuned with the same recipe for as many epochs as the most
         fine-tuned pruned model got in all (the iterative one), so that accuracy gained from extra
         training is not credited to pruning."""
         p = self.params.prune
-        epochs = max(p.iterative_steps, 1) * p.finetune_epochs
+        step = p.finetune_epochs if p.step_finetune_epochs is None else p.step_finetune_epochs
+        epochs = p.finetune_epochs + max(p.iterative_steps - 1, 0) * step
         m = copy.deepcopy(self.model)
         hist, secs = self.finetune(m, epochs, "fine-tune dense control")
         return PrunedModel("dense-finetuned", m, {"kind": "none (dense control)", "finetune_epochs": epochs,
@@ -384,9 +393,14 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
     for r in sorted(pruned, key=lambda r: r.extra["pruning"]["macs_speedup"]):
         pr = r.extra["pruning"]
         if r.precision == "fp32" and r.backend == "onnxruntime":
+            rec = pr.get("recipe") or {}
+            how = (f"{pr['finetune_epochs_total']} epochs ({pr['finetune_seconds']:.0f} s) of fine-tuning at a peak rate of "
+                   f"{rec['lr']:g}" + (f", distilled from the unpruned model (weight {rec['distill']:g}, temperature "
+                                       f"{rec['temperature']:g})" if rec.get("distill") else "")
+                   if "finetune_epochs_total" in pr and rec else f"{pr['finetune_seconds']:.0f} s of fine-tuning")
             lines.append(f"`{r.name}`: {pr['macs_after'] / 1e6:.1f} M MACs ({pr['macs_speedup']:.2f}x fewer), ONNX Runtime FP32 "
-                         f"{r.speedup('onnxruntime-fp32')}, accuracy {r.accuracy['accuracy']:.2%} after "
-                         f"{pr['finetune_seconds']:.0f} s of fine-tuning.")
+                         f"{r.speedup('onnxruntime-fp32')}, accuracy {r.accuracy['accuracy']:.2%} (change against FP32 "
+                         f"{r.fidelity.describe_change() if r.fidelity else 'not measured'}) after {how}.")
     rounded = f"structured-{P.prune.criteria[0]}-{round(P.prune.unrounded_ratio * 100)}"
     for b in ("onnxruntime-fp32", "onnxruntime-int8", "openvino-int8"):
         a, raw = f"{rounded}-{b}", f"{rounded}-unrounded-{b}"

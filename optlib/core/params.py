@@ -300,7 +300,16 @@ class PruneParams(_Traced):
     unrounded_ratio: float = fraction(0.8)
     iterative_steps: int = at_least(3, 0)  # the iterative model: this many prune + fine-tune steps (0: none)
     iterative_ratio: float = fraction(0.8)  # ... up to this ratio
-    finetune_epochs: int = at_least(4, 0)  # after each pruning step (and per step for the iterative model)
+    finetune_epochs: int = at_least(4, 0)  # after one-shot pruning, and after the iterative model's last step
+    step_finetune_epochs: int | None = at_least(None, 0)  # after each earlier step of the iterative model; None: finetune_epochs
+    # Pruning's fine-tuning rate as a fraction of train.lr; None: finetune.lr_scale (QAT's). A pruned
+    # model has lost much and recovers better at the original training's rate ("learning-rate
+    # rewinding", Renda et al. 2020, arXiv:2003.02389) than at a tenth of it.
+    lr_scale: float | None = interval(None, 0, 10, open_low=True)
+    # Knowledge distillation from the unpruned model while fine-tuning (the dense control too): the
+    # weight of its loss against the labels' (0: labels only, 1: the teacher only) and its temperature.
+    distill: float = fraction(0.0, open_low=False, open_high=False)
+    distill_temperature: float = interval(1.0, 0, 20, open_low=True)
     ignored_layers: list[str] = field(default_factory=list)  # module paths kept whole, besides the head
     prune_head: bool = False  # the classification head is kept whole unless this is set
     int8: bool = True  # pruned models also through INT8 (04's recipes: ONNX Runtime static, OpenVINO NNCF)

@@ -114,7 +114,9 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
 
 # --- attribution: runtime x precision x sparsity ----------------------------------------------
 
-FACTORS = {"runtime": ("pytorch", "onnxruntime"), "precision": ("fp32", "int8"), "sparsity": ("dense", "pruned")}
+FACTORS = {"runtime": ("pytorch", "onnxruntime", "openvino"), "precision": ("fp32", "int8"),
+           "sparsity": ("dense", "pruned")}
+OPENVINO_FP32, OPENVINO_INT8 = "openvino-fp32", "openvino-int8-nncf"  # 02's and 04's names
 
 
 def factorial_design(candidates: dict[str, Record]) -> tuple[str | None, dict[tuple[str, str, str], str]]:
@@ -123,7 +125,10 @@ def factorial_design(candidates: dict[str, Record]) -> tuple[str | None, dict[tu
     that chapter 06 measured its pruned INT8 graphs against (same calibration recipe and threads),
     and one structured-pruning label's eager FP32, ONNX Runtime FP32 and INT8 configurations: the
     label whose ONNX Runtime INT8 is fastest among those with all three. Eager INT8 of a pruned
-    model is not built, so the design is two 2x2 squares sharing the ONNX Runtime FP32 cells."""
+    model is not built, so the PyTorch -> ONNX Runtime design is two 2x2 squares sharing the ONNX
+    Runtime FP32 cells. Where they exist at the same threads, OpenVINO's dense FP32 (02), dense
+    NNCF INT8 (04) and the label's NNCF INT8 (06) add the ONNX Runtime -> OpenVINO squares
+    (runtime x precision on the dense model, runtime x sparsity in INT8)."""
     labels = {}
     for name, r in candidates.items():
         if r.technique == "pruning" and (r.extra.get("pruning") or {}).get("kind") == "structured" \
@@ -132,18 +137,29 @@ def factorial_design(candidates: dict[str, Record]) -> tuple[str | None, dict[tu
             if all(f"{label}-{s}" in candidates for s in ("pytorch-fp32", "onnxruntime-fp32")):
                 dense_int8 = [s.reference for s in r.speedups if s.reference in candidates and
                               candidates[s.reference].precision == "int8" and s.reference != name and
-                              (candidates[s.reference].device or {}).get("threads") == (r.device or {}).get("threads")
-                              and candidates[s.reference].technique != "pruning"]
+                              _threads(candidates[s.reference]) == _threads(r)
+                              and candidates[s.reference].technique != "pruning"
+                              and candidates[s.reference].backend == "onnxruntime"]
                 if dense_int8 and {REFERENCE, ALSO_AGAINST} <= set(candidates):
                     labels[label] = dense_int8[0]
     if not labels:
         return None, {}
     label = min(labels, key=lambda x: candidates[f"{x}-onnxruntime-int8"].latency.median)
-    return label, {("pytorch", "fp32", "dense"): REFERENCE, ("onnxruntime", "fp32", "dense"): ALSO_AGAINST,
-                   ("onnxruntime", "int8", "dense"): labels[label],
-                   ("pytorch", "fp32", "pruned"): f"{label}-pytorch-fp32",
-                   ("onnxruntime", "fp32", "pruned"): f"{label}-onnxruntime-fp32",
-                   ("onnxruntime", "int8", "pruned"): f"{label}-onnxruntime-int8"}
+    cells = {("pytorch", "fp32", "dense"): REFERENCE, ("onnxruntime", "fp32", "dense"): ALSO_AGAINST,
+             ("onnxruntime", "int8", "dense"): labels[label],
+             ("pytorch", "fp32", "pruned"): f"{label}-pytorch-fp32",
+             ("onnxruntime", "fp32", "pruned"): f"{label}-onnxruntime-fp32",
+             ("onnxruntime", "int8", "pruned"): f"{label}-onnxruntime-int8"}
+    threads = _threads(candidates[f"{label}-onnxruntime-int8"])
+    for cell, name in ((("openvino", "fp32", "dense"), OPENVINO_FP32), (("openvino", "int8", "dense"), OPENVINO_INT8),
+                       (("openvino", "int8", "pruned"), f"{label}-openvino-int8")):
+        if name in candidates and _threads(candidates[name]) == threads:
+            cells[cell] = name
+    return label, cells
+
+
+def _threads(r: Record):
+    return (r.device or {}).get("threads")
 
 
 def factorial_effects(records: dict[str, Record]) -> pd.DataFrame:
@@ -167,28 +183,31 @@ def factorial_effects(records: dict[str, Record]) -> pd.DataFrame:
             trials[cell] = np.log(np.asarray(r.latency.trial_medians, dtype=float))
     rows = []
     names = list(FACTORS)
-    for i, j in ((0, 2), (1, 2), (0, 1)):  # runtime x sparsity, precision x sparsity, runtime x precision
-        fixed = [k for k in range(3) if k not in (i, j)][0]
-        for level in FACTORS[names[fixed]]:
-            def cell(a, b):
-                c = [None] * 3
-                c[i], c[j], c[fixed] = FACTORS[names[i]][a], FACTORS[names[j]][b], level
-                return tuple(c)
-            square = [cell(a, b) for a in (0, 1) for b in (0, 1)]
-            if not all(c in trials for c in square):
-                continue
-            n = min(len(trials[c]) for c in square)
-            y00, y01, y10, y11 = (trials[c][:n] for c in square)
-            fi, fj = names[i], names[j]
-            contrasts = {f"{fi}: {FACTORS[fi][0]} -> {FACTORS[fi][1]}": ((y10 - y00) + (y11 - y01)) / 2,
-                         f"{fj}: {FACTORS[fj][0]} -> {FACTORS[fj][1]}": ((y01 - y00) + (y11 - y10)) / 2,
-                         f"{fi} x {fj} (compounding)": (y11 - y01) - (y10 - y00)}
-            for effect, per_trial in contrasts.items():
-                lo, hi = bootstrap_ci(per_trial, statistic=np.mean)
-                rows.append({"square": f"{fi} x {fj} at {names[fixed]} = {level}", "effect": effect,
-                             "factor": float(np.exp(-per_trial.mean())),
-                             "ci95_low": float(np.exp(-hi)), "ci95_high": float(np.exp(-lo)), "trials": n,
-                             "cells": ", ".join(cells[c] for c in square)})
+    steps = {f: list(zip(levels, levels[1:])) for f, levels in FACTORS.items()}  # a runtime to the next
+    squares = [(i, j, fixed, a, b, level)
+               for i, j in ((0, 2), (1, 2), (0, 1))  # runtime x sparsity, precision x sparsity, runtime x precision
+               for fixed in [k for k in range(3) if k not in (i, j)]
+               for a in steps[names[i]] for b in steps[names[j]] for level in FACTORS[names[fixed]]]
+    for i, j, fixed, a, b, level in squares:
+        def cell(x, y):
+            c = [None] * 3
+            c[i], c[j], c[fixed] = x, y, level
+            return tuple(c)
+        square = [cell(x, y) for x in a for y in b]
+        if not all(c in trials for c in square):
+            continue
+        n = min(len(trials[c]) for c in square)
+        y00, y01, y10, y11 = (trials[c][:n] for c in square)
+        fi, fj = names[i], names[j]
+        contrasts = {f"{fi}: {a[0]} -> {a[1]}": ((y10 - y00) + (y11 - y01)) / 2,
+                     f"{fj}: {b[0]} -> {b[1]}": ((y01 - y00) + (y11 - y10)) / 2,
+                     f"{fi} x {fj} (compounding)": (y11 - y01) - (y10 - y00)}
+        for effect, per_trial in contrasts.items():
+            lo, hi = bootstrap_ci(per_trial, statistic=np.mean)
+            rows.append({"square": f"{fi} x {fj} at {names[fixed]} = {level}", "effect": effect,
+                         "factor": float(np.exp(-per_trial.mean())),
+                         "ci95_low": float(np.exp(-hi)), "ci95_high": float(np.exp(-lo)), "trials": n,
+                         "cells": ", ".join(cells[c] for c in square)})
     return pd.DataFrame(rows)
 
 

@@ -84,6 +84,20 @@ class Outputs:
             return F.binary_cross_entropy_with_logits(logits.reshape(-1), target)
         return F.cross_entropy(logits, labels)
 
+    def distillation_loss(self, student, teacher, temperature: float = 1.0):
+        """Knowledge distillation (Hinton et al. 2015, arXiv:1503.02531): the student's outputs
+        against the teacher's, both softened by `temperature` and scaled by its square so the
+        gradients keep their size. Softmax: KL(teacher || student); one sigmoid logit: binary cross
+        entropy against the teacher's probability (the same divergence, up to a constant)."""
+        import torch.nn.functional as F
+
+        t = temperature
+        if self.kind == "sigmoid":
+            target = (teacher.reshape(-1) / t).sigmoid()
+            return F.binary_cross_entropy_with_logits(student.reshape(-1) / t, target) * t * t
+        return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
+                        log_target=True) * t * t
+
     def train_predictions(self, logits):
         """Decisions during training (torch), for the running training accuracy (probability 0.5)."""
         import torch

@@ -33,11 +33,14 @@ class FineTuneRecipe:
     weight_decay: float = 5e-4
     freeze_at: int | None = None  # epoch (1-based) from which on_freeze has been applied; None: never
     lr_after_freeze: float = 1.0  # multiplies the scheduled rate from freeze_at on
+    distill: float = 0.0  # weight of the distillation loss against a teacher (0: labels only, 1: teacher only)
+    temperature: float = 1.0  # the distillation's softening temperature
 
     def __post_init__(self):
         check_choice("finetune.schedule", self.schedule, SCHEDULES)
-        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError(f"fine-tune recipe needs epochs >= 0, lr > 0 and batch_size >= 1, got {self}")
+        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or not 0 <= self.distill <= 1 or self.temperature <= 0:
+            raise ValueError(f"fine-tune recipe needs epochs >= 0, lr > 0, batch_size >= 1, 0 <= distill <= 1 and "
+                             f"temperature > 0, got {self}")
 
     @classmethod
     def from_params(cls, params, epochs: int, **overrides) -> "FineTuneRecipe":
@@ -66,9 +69,15 @@ def _scheduler(opt, recipe: FineTuneRecipe, steps: int):
 
 
 def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: FineTuneRecipe,
-             outputs: Outputs | None = None, progress: bool = True, on_freeze=None, desc: str = "train") -> list[dict]:
+             outputs: Outputs | None = None, progress: bool = True, on_freeze=None, desc: str = "train",
+             teacher: nn.Module | None = None) -> list[dict]:
     """Train `model` in place on dataset.train under `recipe`; returns one dict per epoch (loss,
-    training accuracy, learning rate at its end, seconds, frozen or not). Leaves it in eval mode."""
+    training accuracy, learning rate at its end, seconds, frozen or not). Leaves it in eval mode.
+
+    With a `teacher` (in eval mode, not trained) and recipe.distill > 0 the loss is
+    (1 - distill) x the labels' loss + distill x the distillation loss against the teacher's
+    outputs on the same augmented batch: a compressed model then learns the decisions of the model
+    it replaces, which is what its accuracy change against that model measures."""
     from tqdm.auto import tqdm
 
     if dataset.train is None or len(dataset.train) == 0:
@@ -83,6 +92,9 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
     sched = _scheduler(opt, recipe, steps)
     g = torch.Generator().manual_seed(recipe.seed)
     history = []
+    distill = recipe.distill if teacher is not None else 0.0
+    if distill:
+        teacher.eval()
     model.train()
     frozen = False
     for epoch in tqdm(range(recipe.epochs), desc=desc, disable=not progress):
@@ -104,6 +116,10 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
             xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
             out = model(xb)
             loss = outputs.loss(out, yb)
+            if distill:
+                with torch.no_grad():
+                    target = teacher(xb)
+                loss = (1 - distill) * loss + distill * outputs.distillation_loss(out, target, recipe.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if frozen and recipe.lr_after_freeze != 1.0:
