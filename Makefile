@@ -11,7 +11,7 @@ comma := ,
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup run report test clean
+.PHONY: setup run report test test-notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,13 @@ run: setup
 report: setup
 	$(PY) -m optlib report $(WHICH)
 
+# The smoke pipeline (tests/test_pipeline.py) executes every notebook through papermill; nbval over
+# notebooks/ runs them once more with their own tiny defaults (about as small): `make test-notebooks`.
 test: setup
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=20
+	$(PY) -m pytest tests -p no:cacheprovider --durations=20
+
+test-notebooks: setup
+	$(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider
 
 clean:
 	rm -rf outputs/*/ .pytest_cache

@@ -100,6 +100,12 @@ def cmd_report(args) -> int:
 
     out = render_html(_target(args))
     print(f"[optlib] report written to {out}")
+    from .results.browser import print_pdf
+
+    try:  # the same page as a PDF, where a Chromium is installed; the HTML stands without it
+        print(f"[optlib] PDF written to {print_pdf(out, out.with_suffix('.pdf'))}")
+    except Exception as e:  # noqa: BLE001 - no browser, or it failed: say so in one line
+        print(f"[optlib] no PDF of the report: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return 0
 
 

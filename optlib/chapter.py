@@ -89,15 +89,28 @@ class Chapter:
         return record_skipped(self.params, self.notebook, name, technique, backend, precision, reason, **kwargs)
 
     def attempt(self, name: str, technique: str, backend: str, precision: str, build, *args, status: str = "failed",
-                skip_reason: str | None = None, **kwargs):
+                skip_reason: str | None = None, isolate: bool = False, **kwargs):
         """`build(*args, **kwargs)`, or, when it raises, a `failed` record (or `status`, e.g. skipped
         when a library cannot handle the model) with the error and its traceback, and None: one
         technique that breaks on a model does not end the chapter. With `skip_reason` (e.g. an
-        optional runtime that cannot be imported here) nothing is built: a `skipped` record."""
+        optional runtime that cannot be imported here) nothing is built: a `skipped` record. With
+        `isolate` (native code that may crash: a new runtime's compilation, an FP16 graph) the build
+        and its first call on one evaluated image run in a child process first
+        (measurement.launcher.survives); a crash there is a `failed` record naming the signal and
+        the step, and the notebook's own process never builds it."""
         if skip_reason:
             self.skip(name, technique, backend, precision, skip_reason)
             print(f"{name} skipped ({skip_reason})")
             return None
+        if isolate:
+            from .measurement.launcher import survives
+
+            crash = survives(build, args, kwargs, self.dataset.test.images[:1])
+            if crash is not None:
+                self.skip(name, technique, backend, precision, crash, status="failed",
+                          extra={"isolated": "built and called once in a child process first"})
+                print(f"{name} failed ({crash}, in a child process); recorded as failed, the chapter goes on")
+                return None
         try:
             return build(*args, **kwargs)
         except Exception as e:

@@ -46,3 +46,27 @@ def test_browser_check_catches_console_errors_and_undecodable_images(tmp_path):
     clean = tmp_path / "clean.html"
     clean.write_text(f'<!doctype html><html><body><img alt="good" src="data:image/png;base64,{good}"></body></html>')
     assert browser.check_page(clean).ok
+
+
+def test_report_prints_to_pdf_with_a_page_per_section(tmp_path):
+    """The report's own print rules: A4 landscape, the final round on the first page with the
+    title, every later section on a page of its own; the text is there to read (pypdf, not the
+    browser, reads it back)."""
+    need_browser()
+    from pathlib import Path
+
+    from pypdf import PdfReader
+
+    template = Path(browser.__file__).with_name("templates") / "report.html.j2"
+    style = template.read_text().split("<style>")[1].split("</style>")[0]
+    page = tmp_path / "r.html"
+    page.write_text(f"""<!doctype html><html><head><style>{style}</style></head><body><h1>Report</h1>
+        <h2 id="final">Final round</h2><div class="answer">Recommended: the fast one</div>
+        <h2 id="chapters">Chapters</h2><p>chapter text</p><h2 id="machine">Machine</h2><p>machine text</p></body></html>""")
+    pdf = browser.print_pdf(page, tmp_path / "r.pdf")
+    reader = PdfReader(pdf)
+    assert len(reader.pages) == 3
+    first = reader.pages[0]
+    assert float(first.mediabox.width) > float(first.mediabox.height)  # landscape
+    texts = [p.extract_text() for p in reader.pages]
+    assert "Recommended: the fast one" in texts[0] and "chapter text" in texts[1] and "machine text" in texts[2]

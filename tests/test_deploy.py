@@ -11,13 +11,15 @@ from optlib.workload.data import PreprocessSpec, preprocess
 from optlib.workload.outputs import Outputs
 
 
-@pytest.mark.parametrize("shape,size,rgb", [((8, 8), 32, True), ((40, 48), 32, True), ((40, 48, 3), 24, True),
-                                            ((40, 48, 3), 24, False), ((50, 50), 50, False)])
-def test_predict_py_preprocessing_matches_optlib(shape, size, rgb):
+@pytest.mark.parametrize("shape,size,rgb,resize", [
+    ((8, 8), 32, True, "squash"), ((40, 48), 32, True, "squash"), ((40, 48, 3), 24, True, "squash"),
+    ((40, 48, 3), 24, False, "squash"), ((50, 50), 50, False, "squash"), ((41, 48), 32, True, "pad"),
+    ((48, 41, 3), 24, True, "pad"), ((41, 48), 32, False, "crop"), ((48, 41, 3), 24, True, "crop")])
+def test_predict_py_preprocessing_matches_optlib(shape, size, rgb, resize):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(3)]
     mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if rgb else ([0.5], [0.25])
-    spec = PreprocessSpec(size, mean, std, grayscale_to_rgb=rgb)
+    spec = PreprocessSpec(size, mean, std, grayscale_to_rgb=rgb, resize=resize)
     ours = preprocess(images, spec).numpy()
     theirs = dp.preprocess(images, spec.to_dict())
     assert theirs.shape == ours.shape and theirs.dtype == np.float32

@@ -112,3 +112,9 @@ def test_openvino_hand_off_runs_without_optlib(setup, tmp_path, monkeypatch):
                        cwd=out, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads(p.stdout.strip().splitlines()[-1])["max_abs_logit_diff"] < 1e-4
+    # the card's memory and start-up are this hand-off process's, which never loads torch or optlib
+    assert json.loads((out / "runtime.json").read_text())["properties"]["INFERENCE_NUM_THREADS"] == 2
+    prof = deploy.profile_hand_off(out)
+    assert prof["modules"] == ["openvino"] and prof["peak_rss_bytes"] > 0 and prof["first_call_ms"] > 0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "peak memory of the hand-off process (`predict.py --profile`: openvino, NumPy, Pillow)" in card

@@ -148,6 +148,8 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert check.returncode == 0, check.stdout + check.stderr
     result = json.loads(check.stdout)
     assert result["images"] == 8 and result["different_class"] == [] and result["max_abs_logit_diff"] < 1e-3
+    card = (deploy / "MODEL_CARD.md").read_text()  # memory and start-up of the hand-off process itself
+    assert "peak memory of the hand-off process (`predict.py --profile`: onnxruntime, NumPy, Pillow)" in card
     html = (tmp_path / "smoke" / "report.html").read_text()
     assert "Final round" in html and html.index('id="final"') < html.index('id="chapters"') < html.index('id="machine"')
     assert "pytorch-fp32" in html and "data:image/png;base64" in html
@@ -177,8 +179,15 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     broken.write_text('{"schema": "optlib.result/3", "name": ')
     s = run_cli(["summary", "--target", "smoke", "--format", "csv"], tmp_path).stdout
     assert str(broken) in s and "pytorch-fp32" in s
-    run_cli(["report", "--params", "params/smoke.yaml"], tmp_path)
+    out = run_cli(["report", "--params", "params/smoke.yaml"], tmp_path).stdout
     assert str(broken) in (tmp_path / "smoke" / "report.html").read_text()
+    # `optlib report` (make run's last step) prints the same page to PDF where a Chromium is installed
+    if browser.find_chromium() is not None or os.environ.get("OPTLIB_REQUIRE_BROWSER"):
+        from pypdf import PdfReader
+
+        assert "PDF written to" in out, out
+        pages = PdfReader(tmp_path / "smoke" / "report.pdf").pages
+        assert len(pages) >= 3 and "Final round" in pages[0].extract_text()
 
 
 @pytest.fixture(scope="module")

@@ -48,13 +48,16 @@ def configurations(ch, ort_config: OrtConfig | None = None, capabilities: dict |
     graphs = int8_onnx.fp32_graphs(ch.model, ch.sample(), ch.artifacts_dir, ExportConfig.from_params(P))
     ort32 = int8_onnx.fp32_runner(graphs, ch.spec, ort_config)
     fast, slow, skipped = [eager, ort32], [], []
-    if P.precision.onnx_fp16:
-        fast.append(ort_fp16_runner(graphs, ch.spec, ort_config, ort32.preprocess(images[:1])))
+    if P.precision.onnx_fp16:  # a converted graph in native code: built and called in a child first
+        r = ch.attempt("onnxruntime-fp16", "precision", "onnxruntime", "fp16", ort_fp16_runner, graphs, ch.spec,
+                       ort_config, ort32.preprocess(images[:1]), isolate=True)
+        if r is not None:
+            fast.append(r)
     ov_names = []
     for p in ("fp32", "bf16"):  # OpenVINO: the same graph, the precision is a compile-time hint
         r = ch.attempt(f"openvino-{p}", "precision", "openvino", p, openvino.runner, graphs.paths["model"],
                        ch.artifacts_dir / "openvino" / "model.xml", ch.spec, P.bench.threads, f"openvino-{p}", p,
-                       skip_reason=openvino.unavailable())
+                       skip_reason=openvino.unavailable(), isolate=True)
         if r is not None:
             fast.append(r)
             ov_names.append(r.name)

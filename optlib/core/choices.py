@@ -16,6 +16,9 @@ OPENVINO_PRECISIONS = ("f32", "bf16")  # OpenVINO's INFERENCE_PRECISION_HINT on 
 NNCF_PRESETS = ("performance", "mixed")  # nncf.QuantizationPreset: symmetric / asymmetric activations
 INT8_TYPES = ("uint8", "int8")  # activation / weight types of ONNX Runtime static INT8
 QUANT_FORMATS = ("QDQ", "QOperator")
+# How an image that is not square becomes image_size x image_size: stretched (squash), padded with
+# black to a square around its centre (pad), or its centred square cut out (crop); then resized.
+RESIZE_POLICIES = ("squash", "pad", "crop")
 QUANT_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")  # PyTorch's quantized engine (qnnpack: ARM's)
 SCHEDULES = ("onecycle", "cosine", "constant")  # learning-rate schedules of workload.training.finetune
 UNSTRUCTURED_CRITERIA = ("l1", "random")  # torch.nn.utils.prune

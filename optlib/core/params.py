@@ -157,6 +157,7 @@ class DataParams(_Traced):
     embedded: str = choice("digits", C.EMBEDDED_DATA)
     train_root: str | None = None  # ImageFolder for calibration / fine-tuning / QAT
     image_size: int = at_least(64, 8)
+    resize: str = choice("squash", C.RESIZE_POLICIES)  # a non-square image: stretched, padded (black) or cropped to a square
     grayscale_to_rgb: bool = True
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = interval(list(IMAGENET_STD), 0, open_low=True)

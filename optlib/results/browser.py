@@ -1,5 +1,5 @@
 """Open a report in a real headless browser, as a reader would: console errors, images that do not
-decode, and a screenshot of the first screen.
+decode, and a screenshot of the first screen; print it to PDF with the same browser.
 
 Playwright (the `dev` extra) drives a Chromium that is already installed (Debian's `chromium`
 package, or any Chrome on PATH): nothing is downloaded. `find_chromium` says which one, or None.
@@ -35,22 +35,50 @@ def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, CANDIDATES) if p), None)
 
 
+def _launch(p):
+    exe = find_chromium()
+    if exe is None:
+        raise RuntimeError(f"no Chromium found (looked for {', '.join(CANDIDATES)} and $OPTLIB_CHROMIUM); "
+                           "on Debian: apt-get install chromium")
+    return p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+
+
+def _playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        raise RuntimeError("the browser needs Playwright: pip install -e '.[dev]'") from e
+    return sync_playwright
+
+
+def print_pdf(html_path: str | Path, pdf_path: str | Path, timeout_s: float = 120.0) -> Path:
+    """Print `html_path` to `pdf_path` as Chromium prints it (print media: the page size, margins and
+    page breaks are the page's own @page and @media print rules), written whole or not at all.
+    RuntimeError when no Chromium or Playwright is found."""
+    sync_playwright = _playwright()
+    pdf_path = Path(pdf_path)
+    tmp = pdf_path.with_name(f".{pdf_path.name}.tmp")
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page()
+            page.goto(Path(html_path).resolve().as_uri(), wait_until="load", timeout=timeout_s * 1e3)
+            page.pdf(path=str(tmp), print_background=True, prefer_css_page_size=True)
+        finally:
+            browser.close()
+    tmp.replace(pdf_path)
+    return pdf_path
+
+
 def check_page(html_path: str | Path, screenshot: str | Path | None = None, width: int = 1280,
                height: int = 900, timeout_s: float = 60.0) -> BrowserCheck:
     """Load `html_path` (file://) in headless Chromium, wait for it to finish loading, and report
     its console errors and the images that did not decode; with `screenshot`, save the first
     screen (width x height) there as PNG. RuntimeError when no Chromium or Playwright is found."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        raise RuntimeError("the browser check needs Playwright: pip install -e '.[dev]'") from e
-    exe = find_chromium()
-    if exe is None:
-        raise RuntimeError(f"no Chromium found (looked for {', '.join(CANDIDATES)} and $OPTLIB_CHROMIUM); "
-                           "on Debian: apt-get install chromium")
+    sync_playwright = _playwright()
     result = BrowserCheck()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        browser = _launch(p)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.on("console", lambda m: result.console_errors.append(m.text) if m.type == "error" else None)

@@ -69,7 +69,26 @@ def choose(records: list[Record], max_accuracy_drop: float) -> tuple[Record, str
                   f"Runtime and OpenVINO configurations whose verdict against the {max_accuracy_drop:.1%} budget is within")
 
 
-def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[str], spec: dict) -> str:
+def profile_hand_off(folder: Path, timeout_s: float = 300) -> dict | str:
+    """`predict.py --profile` run in `folder` by a fresh isolated interpreter, as a user runs it
+    (its runtime, NumPy and Pillow; optlib not importable): its JSON, or why there is none."""
+    import subprocess
+    import sys
+
+    try:
+        p = subprocess.run([sys.executable, "-I", str(folder / "predict.py"), "--profile"], capture_output=True,
+                           text=True, timeout=timeout_s, cwd=folder)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout_s:.0f} s"
+    if p.returncode != 0:
+        return f"exited {p.returncode}: {((p.stderr or p.stdout).strip().splitlines() or ['no output'])[-1][:200]}"
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[str], spec: dict,
+                handed: dict | str | None = None) -> str:
+    """The card: what was measured in the round (latency, speed-ups, accuracy, size), `handed` (the
+    hand-off process's own profile, or why it is missing), what runs, the data, the machine."""
     env = record.environment or {}
     t = record.latency
     lines = [f"# Model card: `{record.extra.get('final_round', {}).get('of', record.name)}`", "",
@@ -96,8 +115,15 @@ def _model_card(record: Record, why: str, outputs: Outputs, class_names: list[st
         lines.append(f"| accuracy | {record.accuracy['accuracy']:.2%} | |")
     if record.size_bytes:
         lines.append(f"| size (MB) | {record.size_bytes / 1e6:.2f} | |")
-    if record.memory is not None:
-        lines.append(f"| peak memory of a process running it (MB) | {record.memory.peak_bytes / 1e6:.0f} | |")
+    if isinstance(handed, dict):
+        lines += [f"| peak memory of the hand-off process (`predict.py --profile`: {', '.join(handed['modules'])}, "
+                  f"NumPy, Pillow) (MB) | {handed['peak_rss_bytes'] / 1e6:.0f} | |",
+                  f"| its start-up to the model loaded, imports included (s) | {handed['startup_s']:.2f} | |",
+                  f"| its first call, one image (ms) | {handed['first_call_ms']:.2f} | |",
+                  f"| its later calls, median of {handed['later_calls']} (ms, one image, this script's loop) | "
+                  f"{handed['later_call_ms_median']:.3f} | |"]
+    elif handed:
+        lines.append(f"| the hand-off process | not measured: {handed} | |")
     own = record.extra.get("final_round", {}).get("own_run")
     if own and own.get("speedup") is not None:
         lines += ["", f"In its own chapter's run it was {own['speedup']:.2f}x [{own['speedup_ci95'][0]:.2f}, "
@@ -136,6 +162,7 @@ def export(target: str, record: Record, why: str, outputs: Outputs, class_names:
     base = paths.target_dir(target)
     artifact = resolved(record.artifact, base)
     spec = dict(artifact.preprocess)
+    threads = (record.device or {}).get("threads")  # the hand-off runs as the record was measured
     final = base / "deploy"
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".deploy-", dir=base))
@@ -145,17 +172,17 @@ def export(target: str, record: Record, why: str, outputs: Outputs, class_names:
             shutil.copyfile(artifact.files["weights"], tmp / "model.bin")
             config = artifact.options["config"]
             runtime = {"runtime": "openvino", "properties": {
-                "INFERENCE_PRECISION_HINT": config["precision"], "PERFORMANCE_HINT": config["performance_hint"]}}
+                "INFERENCE_PRECISION_HINT": config["precision"], "PERFORMANCE_HINT": config["performance_hint"],
+                **({"INFERENCE_NUM_THREADS": threads} if threads else {})}}
         else:
             onnx.save(onnx.load(artifact.files["model"]), str(tmp / "model.onnx"))  # external data folded in
-            runtime = {"runtime": "onnxruntime"}
+            runtime = {"runtime": "onnxruntime", **({"threads": threads} if threads else {})}
         (tmp / "runtime.json").write_text(json.dumps(runtime, indent=2))
         (tmp / "preprocess.json").write_text(json.dumps(spec, indent=2))
         classes = {"names": class_names, "kind": outputs.kind, "positive_index": outputs.positive_index,
                    "threshold": outputs.threshold}
         (tmp / "classes.json").write_text(json.dumps(classes, indent=2))
         shutil.copyfile(Path(__file__).with_name("deploy_predict.py"), tmp / "predict.py")
-        (tmp / "MODEL_CARD.md").write_text(_model_card(record, why, outputs, class_names, spec))
         (tmp / "examples").mkdir()
         runner = load_runner(artifact, None, name="deploy-check", threads=1)
         logits = np.atleast_2d(runner.predict(examples))
@@ -165,6 +192,8 @@ def export(target: str, record: Record, why: str, outputs: Outputs, class_names:
             Image.fromarray(im).save(tmp / name)
             expected.append({"image": name, "class": class_names[int(c)], "logits": [float(v) for v in z]})
         (tmp / "expected.json").write_text(json.dumps(expected, indent=2))
+        handed = profile_hand_off(tmp)
+        (tmp / "MODEL_CARD.md").write_text(_model_card(record, why, outputs, class_names, spec, handed))
         old = base / ".deploy-old"
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

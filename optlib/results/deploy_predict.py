@@ -3,17 +3,23 @@ runtime.json says), NumPy and Pillow.
 
     python predict.py IMAGE [IMAGE ...]        one line per image: path, class, probability
     python predict.py --check                  re-run examples/ and compare with expected.json
+    python predict.py --profile                this process's start-up, first and later calls, peak memory
 
 Copied as deploy/predict.py by `python -m optlib export-best`; it reads runtime.json, the model
 (model.onnx, or model.xml + model.bin for OpenVINO), preprocess.json and classes.json beside it.
 The preprocessing is the one the model was measured with: 8-bit grayscale or RGB (16-bit grayscale
-scaled to 8 bits by its depth, v / 257), scaled to [0, 1], resized with antialiased bilinear filtering to image_size x
-image_size, normalised with mean and std (a grayscale image is repeated into three channels when
+scaled to 8 bits by its depth, v / 257), made square as preprocess.json's resize policy says (squash:
+left to the resize; pad: black around it; crop: its centred square), scaled to [0, 1], resized
+with antialiased bilinear filtering to image_size x image_size, normalised with mean and std (a grayscale image is repeated into three channels when
 the model takes three).
 """
-import json
-import sys
-from pathlib import Path
+import time
+
+STARTED = time.perf_counter()  # before the imports: start-up includes them
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np
 from PIL import Image
@@ -31,13 +37,27 @@ def load_image(path) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
+def to_square(im: np.ndarray, policy: str) -> np.ndarray:
+    """preprocess.json's resize policy: pad (black, centred) or crop (centred) to a square; squash
+    leaves the image to the resize."""
+    h, w = im.shape[:2]
+    if policy == "squash" or h == w:
+        return im
+    if policy == "crop":
+        side = min(h, w)
+        return im[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    side = max(h, w)
+    widths = [((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2)]
+    return np.pad(im, widths + [(0, 0)] * (im.ndim - 2))
+
+
 def preprocess(images, spec) -> np.ndarray:
     """uint8 images (H, W) or (H, W, 3) -> float32 (N, C, S, S)."""
     size = spec["image_size"]
     channels = 3 if spec["grayscale_to_rgb"] or len(spec["mean"]) == 3 else 1
     out = []
     for im in images:
-        x = im.astype(np.float32) / 255.0
+        x = to_square(im, spec.get("resize", "squash")).astype(np.float32) / 255.0
         planes = [x] if x.ndim == 2 else [x[..., c] for c in range(3)]
         if len(planes) == 3 and channels == 1:
             planes = [np.mean(np.stack(planes), axis=0)]
@@ -73,18 +93,53 @@ def decide(logits: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
     return idx, probs[np.arange(len(idx)), idx]
 
 
-def run_model(x: np.ndarray) -> np.ndarray:
-    """Logits of the preprocessed batch, with the runtime and settings the model was measured with."""
+def load_model():
+    """The model as a function of a preprocessed batch, with the runtime and settings (threads
+    included) it was measured with."""
     runtime = json.loads((HERE / "runtime.json").read_text())
     if runtime["runtime"] == "openvino":
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(HERE / "model.xml"), "CPU", runtime["properties"])
-        return np.asarray(compiled(x)[0])
+        return lambda x: np.asarray(compiled(x)[0])
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    options = ort.SessionOptions()
+    if runtime.get("threads"):
+        options.intra_op_num_threads = int(runtime["threads"])
+    session = ort.InferenceSession(str(HERE / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def run_model(x: np.ndarray) -> np.ndarray:
+    """Logits of the preprocessed batch."""
+    return load_model()(x)
+
+
+def profile(calls: int = 50) -> dict:
+    """This process as a user's would run it: seconds from start to the model loaded (imports
+    included), the first call on one example image, the median of `calls` later ones (preprocessing
+    included), its peak resident memory (bytes) and the heavy modules it has loaded."""
+    import resource
+
+    model = load_model()
+    loaded = time.perf_counter()
+    spec = json.loads((HERE / "preprocess.json").read_text())
+    image = load_image(HERE / json.loads((HERE / "expected.json").read_text())[0]["image"])
+    t = time.perf_counter()
+    model(preprocess([image], spec))
+    first = time.perf_counter() - t
+    later = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        model(preprocess([image], spec))
+        later.append(time.perf_counter() - t)
+    heavy = ("torch", "optlib", "onnxruntime", "openvino", "onnx", "pandas", "scipy")
+    return {"startup_s": loaded - STARTED, "first_call_ms": first * 1e3,
+            "later_call_ms_median": float(np.median(later)) * 1e3, "later_calls": calls,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+            "modules": sorted(m for m in heavy if m in sys.modules)}
 
 
 def predict(paths) -> list[dict]:
@@ -105,6 +160,9 @@ def main(argv) -> int:
         worst = max(abs(a - b) for e, g in zip(expected, got) for a, b in zip(e["logits"], g["logits"]))
         print(json.dumps({"images": len(expected), "different_class": wrong, "max_abs_logit_diff": worst}))
         return 1 if wrong else 0
+    if argv == ["--profile"]:
+        print(json.dumps(profile()))
+        return 0
     if not argv:
         print(__doc__)
         return 2

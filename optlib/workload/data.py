@@ -36,10 +36,11 @@ class PreprocessSpec:
     mean: list[float]
     std: list[float]
     grayscale_to_rgb: bool = True
+    resize: str = "squash"  # core.choices.RESIZE_POLICIES: a non-square image stretched, padded or cropped
 
     @classmethod
     def from_params(cls, data: DataParams) -> "PreprocessSpec":
-        return cls(data.image_size, list(data.mean), list(data.std), data.grayscale_to_rgb)
+        return cls(data.image_size, list(data.mean), list(data.std), data.grayscale_to_rgb, data.resize)
 
     @property
     def channels(self) -> int:
@@ -47,7 +48,27 @@ class PreprocessSpec:
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "grayscale_to_rgb": self.grayscale_to_rgb}
+                "grayscale_to_rgb": self.grayscale_to_rgb, "resize": self.resize}
+
+
+def square(image: np.ndarray, policy: str) -> np.ndarray:
+    """A uint8 image (H x W or H x W x C) made square before resizing: "pad" adds black rows or
+    columns around it (the odd one at the bottom / right), "crop" keeps its centred square (the odd
+    one dropped at the bottom / right), "squash" leaves it (the resize stretches it)."""
+    h, w = image.shape[:2]
+    if policy == "squash" or h == w:
+        return image
+    if policy == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return image[top:top + s, left:left + s]
+    if policy == "pad":
+        s = max(h, w)
+        top, left = (s - h) // 2, (s - w) // 2
+        out = np.zeros((s, s) + image.shape[2:], dtype=image.dtype)
+        out[top:top + h, left:left + w] = image
+        return out
+    raise ValueError(f"resize policy {policy!r} is not one of squash, pad, crop")
 
 
 @dataclass
@@ -124,6 +145,8 @@ def preprocess_array(images: list[np.ndarray], spec: PreprocessSpec) -> np.ndarr
     """
     if len(images) == 0:
         raise ValueError("preprocess: got an empty batch")
+    if spec.resize != "squash":
+        images = [square(im, spec.resize) for im in images]
     same_shape = all(im.shape == images[0].shape for im in images)
     groups = [np.stack(images)] if same_shape else [im[None] for im in images]
     size = spec.image_size
@@ -282,12 +305,92 @@ def load_fidelity_pool(params: Params) -> tuple[Pool | None, str]:
 
 # --- ImageFolder -------------------------------------------------------------------------------
 
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: the .dcm / .dicom suffix, or the "DICM" marker after the 128-byte preamble."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def voi_window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """DICOM's VOI windowing (PS3.3 C.11.2.1.2) of modality values `x` to 0..255 (float): LINEAR
+    (the default, with its half-pixel offsets), LINEAR_EXACT or SIGMOID."""
+    x = np.asarray(x, dtype=np.float64)
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError(f"window width {width:g} is below 1 (LINEAR needs >= 1)")
+        y = ((x - (center - 0.5)) / max(width - 1, 1e-12) + 0.5) * 255.0
+        y = np.where(x <= center - 0.5 - (width - 1) / 2, 0.0, y)
+        y = np.where(x > center - 0.5 + (width - 1) / 2, 255.0, y)
+    elif function == "LINEAR_EXACT":
+        if width <= 0:
+            raise ValueError(f"window width {width:g} is not positive")
+        y = ((x - center) / width + 0.5) * 255.0
+    elif function == "SIGMOID":
+        y = 255.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    else:
+        raise ValueError(f"VOI LUT function {function!r} is not LINEAR, LINEAR_EXACT or SIGMOID")
+    return np.clip(y, 0.0, 255.0)
+
+
+def _first(value) -> float:
+    """A DICOM value that may be multi-valued (several windows): its first."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def _decode_dicom(path: Path) -> np.ndarray:
+    """One DICOM image as uint8 (H x W grayscale, H x W x 3 colour). Grayscale: the modality LUT
+    (Rescale Slope / Intercept) to modality values, then the file's first window (Window Center /
+    Width, its VOI LUT Function) to 0..255; without a window, the whole range the stored bits can
+    hold, rescaled (so a 16-bit file maps like a 16-bit PNG); MONOCHROME1 (white is low) inverted.
+    Refused by name: several frames, colour that is not 8-bit, a compressed file whose decoder is
+    not installed (pydicom's message)."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+    except ImportError as e:
+        raise ImportError("a DICOM file needs pydicom: pip install -e '.[dicom]'") from e
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ValueError(f"{frames} frames: one image per file is read")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if not photometric.startswith("MONOCHROME"):
+        if arr.ndim == 3 and arr.shape[-1] == 3 and arr.dtype == np.uint8:
+            return np.ascontiguousarray(arr)  # pydicom gives RGB (YBR converted)
+        raise ValueError(f"{photometric} {arr.dtype} colour: only 8-bit colour or grayscale is read")
+    x = apply_modality_lut(arr, ds).astype(np.float64)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        y = voi_window(x, _first(ds.WindowCenter), _first(ds.WindowWidth), str(ds.get("VOILUTFunction", "LINEAR")))
+    else:
+        bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+        y = (x - lo) / (hi - lo) * 255.0
+    if photometric == "MONOCHROME1":
+        y = 255.0 - y
+    return np.round(np.clip(y, 0, 255)).astype(np.uint8)
+
+
 def _decode(path: Path) -> np.ndarray:
     """One file as a uint8 array (H x W grayscale, H x W x 3 colour). 16-bit grayscale (PNG
     "I;16" and kin, or "I" holding values above 255) is scaled by its bit depth (v / 257, rounded),
-    not clipped: Pillow's convert("L") clips them."""
+    not clipped: Pillow's convert("L") clips them. RGBA and palette images become RGB (alpha
+    dropped). DICOM files: `_decode_dicom`."""
     from PIL import Image
 
+    if is_dicom(path):
+        return _decode_dicom(path)
     with Image.open(path) as im:
         im.load()
         if im.mode.startswith("I;16") or im.mode == "I":
@@ -346,6 +449,8 @@ def load_image_folder(root: str | Path, class_names: list[str] | None = None,
         images = [images[i] for i in keep]
         labels = [labels[i] for i in keep]
         paths = [paths[i] for i in keep]
+    for path, why in skipped:  # every one, with its full path, on the terminal too
+        print(f"{root}: skipped {path} ({why})")
     if skipped:
         warnings.warn(f"{root}: skipped {len(skipped)} unreadable file(s), first: {skipped[0][0]} "
                       f"({skipped[0][1]})", stacklevel=2)
