@@ -1,5 +1,6 @@
 """The repository's own files: environment.yml mirrors pyproject, notebooks are committed clean."""
 import json
+import os
 import re
 import tomllib
 
@@ -111,3 +112,21 @@ def test_make_run_with_a_params_file_writes_to_its_target():
     assert commands and all("--params my.yaml" in ln and "--target" not in ln for ln in commands)
     default = subprocess.run(["make", "-n", "run"], cwd=paths.REPO_DIR, capture_output=True, text=True, check=True).stdout
     assert "--target cpu" in default
+
+
+def test_gpu_script_checks_the_machine_and_skips_cleanly_without_a_gpu(tmp_path):
+    """scripts/gpu_run.py as CI runs it (no GPU): the preflight names the device it did not find and
+    the modules it looked for, runs nothing and exits 0; its params file validates as a cuda target."""
+    import subprocess
+    import sys
+
+    from optlib.core.params import load_params
+
+    p = subprocess.run([sys.executable, str(paths.REPO_DIR / "scripts" / "gpu_run.py"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert p.returncode == 0, p.stdout + p.stderr
+    info = json.loads((tmp_path / "preflight.json").read_text())
+    assert info["cuda"] is False and "is_available" in info["why"] and info["missing"] == []
+    assert "skipped, no CUDA device" in p.stdout and not (tmp_path / "outputs").exists()
+    params = load_params(paths.PARAMS_DIR / "cuda-small.yaml")
+    assert params.device == "cuda" and params.target == "cuda-small"

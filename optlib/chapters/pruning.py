@@ -183,8 +183,8 @@ class PruningStudy:
                           "accuracy_after_finetune": self.accuracy_row(model)["accuracy"], "finetune_seconds": secs})
         total_ft = sum(s["finetune_seconds"] for s in steps_log)
         info.update(finetune_epochs=epochs, step_finetune_epochs=step_epochs if plan.steps > 1 else None,
-                    finetune_epochs_total=epochs + (plan.steps - 1) * step_epochs, finetune_seconds=total_ft, prune_seconds=prune_s, steps_log=steps_log,
-                    recipe=self.recipe(epochs).to_dict())
+                    finetune_epochs_total=epochs + (plan.steps - 1) * step_epochs, finetune_seconds=total_ft,
+                    prune_seconds=prune_s, steps_log=steps_log, recipe=self.recipe(epochs).to_dict())
         return PrunedModel(f"structured-{plan.label()}", model, info, total_ft, hist)
 
     def plan(self, criterion: str, ratio: float, scope: str = "layer", round_to="params", steps: int = 1) -> pruning.StructuredPlan:

@@ -386,6 +386,29 @@ def headline_table(records: dict[str, Record]) -> pd.DataFrame:
     return df.sort_values("latency_ms") if not df.empty else df
 
 
+def compact_table(records: dict[str, Record]) -> pd.DataFrame:
+    """The report's first screen: headline_table cut to what decides (chapter, speed-up against
+    pytorch-fp32 in this round with its interval, accuracy change with its paired interval and its
+    verdict, size, kernels), each value and its interval in one cell, fastest first."""
+    full = headline_table(records)
+    if full.empty:
+        return full
+
+    def cell(v, ci, fmt):
+        return "" if pd.isna(v) else f"{fmt(v)} {ci}" if isinstance(ci, str) and ci else fmt(v)
+
+    out = pd.DataFrame(index=full.index)
+    out["chapter"] = full["chapter"]
+    out["speed-up [95% CI]"] = [cell(v, c, lambda x: f"{x:.2f}x") for v, c in zip(full["speedup"], full["speedup_ci95"])]
+    if "accuracy_change" in full:
+        out["accuracy change [95% CI]"] = [cell(v, c, lambda x: f"{x:+.2%}")
+                                           for v, c in zip(full["accuracy_change"], full["accuracy_change_ci95"])]
+    for col, name in (("verdict", "verdict"), ("size_mb", "size (MB)"), ("kernels", "kernels")):
+        if col in full:
+            out[name] = full[col].map(lambda v: f"{v:.2f}" if isinstance(v, float) and not pd.isna(v) else v)
+    return out.fillna("")
+
+
 def break_even_table(records: dict[str, Record]) -> pd.DataFrame:
     """Per finalist: what it cost once (export, calibration, compile, fine-tune, engine build ...
     seconds, from its own chapter), what it saves per image against final-pytorch-fp32 in this

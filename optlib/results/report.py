@@ -185,8 +185,12 @@ def _final_context(final: dict[str, Record], target: str, tables: dict) -> dict 
 
     timed = [r for r in final.values() if r.ok and r.latency is not None]
     budget = ref.extra["final_round"].get("max_accuracy_drop", 0.005)
-    sections = [{"title": None, "intro": None, "table": thesis_table(final_round.headline_table(final), "final_round"),
-                 "images": [figure(final_figure(timed, budget), "final_round")]},
+    compact = thesis_table(final_round.compact_table(final), "final_round_compact")
+    headline_figure = figure(final_figure(timed, budget), "final_round")
+    sections = [{"title": "Every finalist in detail", "table": thesis_table(final_round.headline_table(final), "final_round"),
+                 "intro": "Latency with its interval, whether the speed-up clears the same-vs-same noise floor "
+                          "(resolved), the same ratio in the finalist's own chapter, flips and McNemar's exact p "
+                          "(Holm-adjusted over the finalists), calibration (ECE, Brier), throughput.", "images": []},
                 {"title": "Where the time goes (per stage, this round)", "intro": None, "table": None,
                  "images": [figure(runtimes(timed, ref.name), "final_round_stages")]},
                 {"title": "Throughput by batch size (this round)", "intro": None, "table": None,
@@ -209,8 +213,8 @@ def _final_context(final: dict[str, Record], target: str, tables: dict) -> dict 
                      "table": thesis_table(final_round.break_even_table(final), "break_even"),
                      "intro": "Seconds paid once (from each finalist's own chapter) against the per-image saving in "
                               "this round: the images after which the configuration has paid for itself."})
-    return {"error": None, "recommendation": _recommendation(final), "findings": _markdown(final_round.findings(final)),
-            "sections": sections}
+    return {"error": None, "recommendation": _recommendation(final), "compact": compact, "figure": headline_figure,
+            "findings": _markdown(final_round.findings(final)), "sections": sections}
 
 
 def summary(target: str, fmt: str = "table", reference: str = REFERENCE) -> str:
