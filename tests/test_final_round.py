@@ -108,6 +108,11 @@ def test_headline_table_says_which_ratios_clear_the_noise_floor():
     assert t.loc["a", "resolved"] == "yes" and t.loc["c", "resolved"] == "yes"
     assert t.loc["b", "resolved"] == "not resolved" and t.loc["final-pytorch-fp32", "resolved"] == "reference"
     assert t.loc["a", "mcnemar_p"] == 1.0 and t.loc["a", "chapter"] == "04_int8_ptq"
+    # the first screen's cut: each value with its interval in one cell, the chapter by its number
+    c = fr.compact_table(rows)
+    assert list(c.columns[:3]) == ["chapter", "speed-up [95% CI]", "accuracy change [95% CI]"]
+    assert c.loc["a", "speed-up [95% CI]"] == "2.00x [1.90, 2.10]" and c.loc["a", "chapter"] == "04"
+    assert c.loc["a", "accuracy change [95% CI]"].startswith("+0.00% [") and list(c.index) == list(t.index)
 
 
 

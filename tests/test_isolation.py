@@ -1,5 +1,5 @@
 """A native crash costs one configuration, not the chapter: `Chapter.attempt(..., isolate=True)`
-builds and calls the runner once in a spawned child first; a child killed by a signal (here one
+builds and calls the runner once in a child process first; a child killed by a signal (here one
 that raises SIGSEGV on itself, as a crashing runtime would) is a `failed` record naming the signal
 and the step, and the chapter's own process goes on to the next configuration."""
 import os

@@ -50,7 +50,8 @@ def test_measure_writes_records_with_same_run_speedups_and_noise_floor(run):
     assert t4.images_per_s == pytest.approx(4000.0 / t4.batch_latency_ms.median)
     # at the latency batch size the throughput is the latency's own full-graph calls, not timed again
     assert o.throughput["1"].batch_latency_ms.trial_medians == o.latency_ms["total"].trial_medians
-    assert o.extra["stopping"] == {"rule": "fixed: 6 trials", "latency_trials": 6,
+    assert o.extra["stopping"] == {"rule": "fixed: 6 trials; latency blocks of 6 calls",
+                                   "latency_trials": 6, "calls_per_block": 6,
                                    "throughput_trials": {"1": 6, "4": 6}}
     nf = r.noise_floor
     assert nf.twin == "ref-twin" and nf.twin_flips == 0 and nf.twin_max_abs_diff == 0.0

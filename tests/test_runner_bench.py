@@ -190,7 +190,26 @@ def test_adaptive_stopping_lets_a_steady_configuration_go_at_min_trials_and_keep
     fixed = BenchParams(**{**vars(bench), "stop_ci_width": 0.0})
     again = timing.latency([steady, noisy], images, fixed, progress=False)
     assert [len(again[n]["total"]) for n in ("steady", "noisy")] == [12, 12]
-    assert timing.stopping_rule(fixed) == "fixed: 12 trials" and "5 to 12 trials" in timing.stopping_rule(bench)
+    assert timing.stopping_rule(fixed) == f"fixed: 12 trials; latency blocks of {bench.samples} calls"
+    assert "5 to 12 trials" in timing.stopping_rule(bench)
+
+
+def test_block_seconds_sets_each_configurations_calls_from_its_warm_up(monkeypatch, images):
+    """Time, not calls: with bench.block_seconds a configuration's blocks last about that long on
+    the (fake) clock, its call count fixed at its first trial from the median of its warm-up calls;
+    a slow one never gets fewer than a trusted pooled p99 needs (662 calls over the trials)."""
+    clock = _Clock()
+    monkeypatch.setattr(timing.time, "perf_counter_ns", clock)
+    fast = _FakeRunner("fast", clock, lambda i: 0.5)  # ms per call
+    slow = _FakeRunner("slow", clock, lambda i: 50.0)
+    bench = BenchParams(warmup=4, samples=175, trials=6, block_seconds=1.0, batch_sizes=[1], threads=1, settle_s=0.0)
+    lat = timing.latency([fast, slow], images, bench, progress=False)
+    assert [len(t) for t in lat["fast"]["total"]] == [2000] * 6  # 1 s / 0.5 ms
+    assert [len(t) for t in lat["slow"]["total"]] == [111] * 6  # 1 s / 50 ms = 20, raised to ceil(662 / 6)
+    np.testing.assert_allclose(lat["fast"]["total"][0], 0.5)
+    assert timing.calls_per_block([0.5], BenchParams(block_seconds=None, samples=175)) == 175
+    assert timing.calls_per_block([1e-6], BenchParams(block_seconds=1.0)) == timing.MAX_CALLS_PER_BLOCK
+    assert "latency blocks of about 1 s each" in timing.stopping_rule(bench)
 
 
 def test_stages_on_every_kth_call_and_the_total_on_every_call(monkeypatch, images):

@@ -197,6 +197,12 @@ class BenchParams(_Traced):
     # and speed-ups are per-trial ratios of adjacent blocks (measurement.stats.paired_ratio), so
     # the variance lives between trials. 20 x 175 = 3500 calls, enough for a trusted pooled p99.
     samples: int = at_least(175, 1)  # timed calls per trial
+    # Time, not calls: each configuration's batch-1 latency block lasts about this many seconds
+    # (calls = block_seconds / the median of its warm-up calls, decided at its first trial), never
+    # fewer calls than a trusted pooled p99 needs over `trials` (measurement.timing.calls_per_block).
+    # None: `samples` calls. For models whose latencies differ by orders of magnitude (a ResNet50 at
+    # 224 pixels beside a pruned INT8 graph), so neither spends minutes nor gets too few calls.
+    block_seconds: float | None = interval(None, 0, open_low=True)
     trials: int = at_least(20, 1)  # repeated blocks, at most; the headline is the median of trial medians
     # Adaptive stopping (measurement.timing.still_timed): after min_trials, a configuration stops
     # being timed once the 95% intervals of its median and of its speed-ups against the references

@@ -6,7 +6,7 @@ job_dir/job.json, the result comes back as job_dir/result.json (plain JSON, no p
 measurement.memory (a configuration's peak memory), measurement.fresh (the reference in fresh
 processes) and measurement.training_memory (a training step's memory and time).
 
-`survives` is the other kind: a runner's build and first call run once in a spawned child first, so
+`survives` is the other kind: a runner's build and first call run once in a child first, so
 a native crash there (a signal, not a Python exception) costs that configuration, not the notebook.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -34,60 +33,66 @@ def run_child(module: str, job_dir: str | Path, job: dict, timeout_s: float,
     result = job_dir / "result.json"
     if result.is_file():
         return json.loads(result.read_text()), None
-    tail = ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1][:300]
-    return None, f"exited {p.returncode}: {tail}"
+    return None, f"exited {p.returncode}: {_tail(p)}"
 
 
-def _probe(conn, build, args, kwargs, images) -> None:
-    """The child of `survives`: says each step before it starts it."""
+def _tail(p: subprocess.CompletedProcess) -> str:
+    """The last line a child printed (stderr first), cut to 300 characters."""
+    return ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1][:300]
+
+
+def _probe(job_dir: Path) -> None:
+    """The child of `survives` (`python -m optlib.measurement.launcher JOB_DIR`): builds and calls
+    what job.pkl holds, writing each step to steps.txt before it starts it."""
+    import pickle
+
+    steps = open(job_dir / "steps.txt", "a", buffering=1)
+    build, args, kwargs, images = pickle.loads((job_dir / "job.pkl").read_bytes())  # our own file, just written
     try:
-        conn.send("building")
+        steps.write("building\n")
         runner = build(*args, **kwargs)
         if images is not None:
-            conn.send("its first call")
+            steps.write("its first call\n")
             runner.predict(images)
-        conn.send("done")
+        steps.write("done\n")
     except Exception as e:  # a Python error: the in-process build meets it again and records it
-        conn.send(f"raised {type(e).__name__}")
-    finally:
-        conn.close()
+        steps.write(f"raised {type(e).__name__}\n")
 
 
 def survives(build, args=(), kwargs=None, images=None, timeout_s: float = 600.0) -> str | None:
-    """Run `build(*args, **kwargs)` and the runner's first call on `images` in a spawned child
+    """Run `build(*args, **kwargs)` and the runner's first call on `images` in a fresh child
     process. None when the child got through (or raised a Python exception, which the caller will
     meet and record in its own process); else what ended it, one line: "native crash (SIGSEGV)
     while building", "... while its first call", or a timeout. `build` and its arguments must
     pickle (a module-level function, paths, dataclasses, arrays)."""
-    import multiprocessing as mp
+    import pickle
     import signal
+    import tempfile
 
-    ctx = mp.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_probe, args=(send, build, tuple(args), dict(kwargs or {}), images), daemon=True)
-    p.start()
-    send.close()
-    steps, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # read as it goes, until the child closes its end or dies
-        if receive.poll(0.2):
-            try:
-                steps.append(receive.recv())
-            except EOFError:
-                break
-        elif not p.is_alive():
-            break
-    p.join(max(0.0, deadline - time.monotonic()))
-    step = steps[-1] if steps else "starting"
-    if p.is_alive():
-        p.kill()
-        p.join()
-        return f"timed out after {timeout_s:.0f} s while {step}"
-    if p.exitcode is not None and p.exitcode < 0:
+    with tempfile.TemporaryDirectory(prefix="optlib-probe-") as tmp:
+        job_dir = Path(tmp)
+        (job_dir / "job.pkl").write_bytes(pickle.dumps((build, tuple(args), dict(kwargs or {}), images)))
         try:
-            name = signal.Signals(-p.exitcode).name
+            p = subprocess.run([sys.executable, "-m", "optlib.measurement.launcher", str(job_dir)],
+                               capture_output=True, text=True, timeout=timeout_s)
+            status = p.returncode
+        except subprocess.TimeoutExpired:
+            status = None
+        steps = job_dir / "steps.txt"
+        lines = steps.read_text().splitlines() if steps.exists() else []
+    step = lines[-1] if lines else "starting"
+    if status is None:
+        return f"timed out after {timeout_s:.0f} s while {step}"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
         except ValueError:
-            name = f"signal {-p.exitcode}"
+            name = f"signal {-status}"
         return f"native crash ({name}) while {step}"
-    if p.exitcode:
-        return f"the child exited {p.exitcode} while {step}"
+    if status:
+        return f"the child exited {status} while {step}: {_tail(p)}"
     return None
+
+
+if __name__ == "__main__":
+    _probe(Path(sys.argv[1]))

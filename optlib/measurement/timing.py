@@ -35,7 +35,7 @@ import numpy as np
 from ..backends.base import Runner
 from ..core.params import BenchParams
 from .load import LoadMonitor
-from .stats import median_of_trial_medians_ci, paired_ratio, trials_in_common
+from .stats import median_of_trial_medians_ci, min_samples_for, paired_ratio, trials_in_common
 
 STAGES = ("preprocessing", "feature_extraction", "classification", "total")
 
@@ -132,11 +132,13 @@ def still_timed(active: list[Runner], trials_of: dict[str, list[np.ndarray]], be
 
 def stopping_rule(bench: BenchParams) -> str:
     """The rule `latency` and `throughput` followed, in words (for the records)."""
+    calls = (f"; latency blocks of about {bench.block_seconds:g} s each (calls_per_block)" if bench.block_seconds
+             else f"; latency blocks of {bench.samples} calls")
     if bench.stop_ci_width <= 0:
-        return f"fixed: {bench.trials} trials"
+        return f"fixed: {bench.trials} trials" + calls
     return (f"adaptive: {bench.min_trials} to {bench.trials} trials; a configuration stops once the 95% intervals of "
             f"its median and of its speed-ups against the references are narrower than {bench.stop_ci_width:.1%} of "
-            "their values, a reference once no other configuration goes on")
+            "their values, a reference once no other configuration goes on" + calls)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -144,6 +146,22 @@ def _progress(total: int, desc: str, enabled: bool):
 
     # mininterval keeps executed notebooks readable (tqdm falls back to text without ipywidgets)
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, mininterval=10)
+
+
+MAX_CALLS_PER_BLOCK = 20_000
+
+
+def calls_per_block(warmup_ms, bench: BenchParams) -> int:
+    """Timed calls in each of a configuration's latency blocks: `bench.samples`, or with
+    `bench.block_seconds` that time over the median of its warm-up calls (`warmup_ms`), but at
+    least what a trusted pooled p99 needs over `bench.trials` trials (stats.min_samples_for(99)
+    calls in all) and at most MAX_CALLS_PER_BLOCK."""
+    if bench.block_seconds is None:
+        return bench.samples
+    floor = math.ceil(min_samples_for(99) / bench.trials)
+    per_call_s = float(np.median(warmup_ms)) / 1e3 if len(warmup_ms) else 0.0
+    wanted = math.ceil(bench.block_seconds / per_call_s) if per_call_s > 0 else MAX_CALLS_PER_BLOCK
+    return int(min(MAX_CALLS_PER_BLOCK, max(floor, wanted)))
 
 
 def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams, batch_size: int = 1,
@@ -154,11 +172,12 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
     others' speed-ups are taken against (the stopping rule, `still_timed`). Every call times the
     full graph (`total`); every `bench.stage_every`-th call also times the stages before it.
 
-    Returns {runner.name: {stage: [one array of `samples` values per trial]}} for the stages in
+    Returns {runner.name: {stage: [one array per trial, of `calls_per_block` values]}} for the stages in
     STAGES; trial t of every runner comes from the same round of adjacent blocks (a runner the
     stopping rule let go has fewer trials, the first ones).
     """
     samples: dict[str, dict[str, list[np.ndarray]]] = {r.name: {s: [] for s in STAGES} for r in runners}
+    calls: dict[str, int] = {}  # per runner, fixed at its first trial (bench.block_seconds) or bench.samples
     total_calls = bench.trials * len(runners) * (bench.samples + bench.warmup)
     settler = _Settler(bench.settle_s)
     active = list(runners)
@@ -166,12 +185,16 @@ def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams,
         for trial in range(bench.trials):
             for r in _alternating(active, trial):
                 settler.before(r)
-                for i in range(bench.warmup):
-                    _time_stages_once(r, _batch_at(images, i, batch_size))
+                warm_ms = []
+                for i in range(max(bench.warmup, 3 if r.name not in calls and bench.block_seconds else 0)):
+                    warm_ms.append(_time_stages_once(r, _batch_at(images, i, batch_size))[3] / 1e6)  # the whole call
                     bar.update()
-                block = np.empty((bench.samples, 4), dtype=np.int64)
+                if r.name not in calls:
+                    calls[r.name] = calls_per_block(warm_ms, bench)
+                n = calls[r.name]
+                block = np.empty((n, 4), dtype=np.int64)
                 with monitor.block(r.name) if monitor else contextlib.nullcontext():
-                    for i in range(bench.samples):
+                    for i in range(n):
                         once = _time_stages_once if i % bench.stage_every == 0 else _time_total_once
                         block[i] = once(r, _batch_at(images, i, batch_size))
                         bar.update()
