@@ -425,11 +425,11 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
     budget = P.quant.max_accuracy_drop
     if best:
         b, stages = R[best], R[best].latency_ms
-        against_int8 = ", ".join(f"{b.speedup(n)} `{n}`" for n in study.dense_int8_names() if b.speedup(n))
+        against_int8 = ", ".join(f"{b.speedup(n)} `{n}`" for n in study.dense_int8_names() if n != best and b.speedup(n))
         lines.append(f"Within the budget of {budget:.1%} (verdict **{b.verdict.label}**: {b.verdict.why}) the fastest configuration is "
                      f"**{best}** ({b.kernels.label if b.kernels else 'float'} kernels): {b.latency.median:.3f} ms at batch "
                      f"{b.batch_size}, {b.speedup('pytorch-fp32')} eager FP32"
-                     + (f"; against the unpruned ONNX Runtime INT8: {against_int8}" if against_int8 else "")
+                     + (f"; against the other unpruned INT8 configurations: {against_int8}" if against_int8 else "")
                      + f"; size {b.size_bytes / 1e6:.2f} MB; accuracy change {b.fidelity.describe_change()}."
                      + (f" Of its latency, preprocessing (its own stage) takes {stages['preprocessing'].median:.3f} ms."
                         if "preprocessing" in stages else ""))
