@@ -183,7 +183,7 @@ class PruningStudy:
                           "accuracy_after_finetune": self.accuracy_row(model)["accuracy"], "finetune_seconds": secs})
         total_ft = sum(s["finetune_seconds"] for s in steps_log)
         info.update(finetune_epochs=epochs, step_finetune_epochs=step_epochs if plan.steps > 1 else None,
-                    finetune_epochs_total=epochs + (plan.steps - 1) * step_epochs, finetune_seconds=total_ft,
+                    finetune_epochs_total=total_epochs(plan.steps, epochs, step_epochs), finetune_seconds=total_ft,
                     prune_seconds=prune_s, steps_log=steps_log, recipe=self.recipe(epochs).to_dict())
         return PrunedModel(f"structured-{plan.label()}", model, info, total_ft, hist)
 
@@ -232,8 +232,7 @@ class PruningStudy:
         fine-tuned pruned model got in all (the iterative one), so that accuracy gained from extra
         training is not credited to pruning."""
         p = self.params.prune
-        step = p.finetune_epochs if p.step_finetune_epochs is None else p.step_finetune_epochs
-        epochs = p.finetune_epochs + max(p.iterative_steps - 1, 0) * step
+        epochs = total_epochs(p.iterative_steps, p.finetune_epochs, p.step_finetune_epochs)
         m = copy.deepcopy(self.model)
         hist, secs = self.finetune(m, epochs, "fine-tune dense control")
         return PrunedModel("dense-finetuned", m, {"kind": "none (dense control)", "finetune_epochs": epochs,
@@ -370,6 +369,12 @@ def recovery_table(models: list[PrunedModel]) -> pd.DataFrame:
         for s in pm.pruning.get("steps_log", []):
             rows.append({"model": pm.label, **s})
     return pd.DataFrame(rows)
+
+
+def total_epochs(steps: int, epochs: int, step_epochs: int | None = None) -> int:
+    """Fine-tuning epochs a model gets in all: `step_epochs` (default `epochs`) after each step but
+    the last, `epochs` after it (one-shot pruning: one step)."""
+    return epochs + max(steps - 1, 0) * (epochs if step_epochs is None else step_epochs)
 
 
 def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: PrunedModel | None,

@@ -33,10 +33,10 @@ def run_child(module: str, job_dir: str | Path, job: dict, timeout_s: float,
     result = job_dir / "result.json"
     if result.is_file():
         return json.loads(result.read_text()), None
-    return None, f"exited {p.returncode}: {_tail(p)}"
+    return None, f"exited {p.returncode}: {last_line(p)}"
 
 
-def _tail(p: subprocess.CompletedProcess) -> str:
+def last_line(p: subprocess.CompletedProcess) -> str:
     """The last line a child printed (stderr first), cut to 300 characters."""
     return ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1][:300]
 
@@ -90,7 +90,7 @@ def survives(build, args=(), kwargs=None, images=None, timeout_s: float = 600.0)
             name = f"signal {-status}"
         return f"native crash ({name}) while {step}"
     if status:
-        return f"the child exited {status} while {step}: {_tail(p)}"
+        return f"the child exited {status} while {step}: {last_line(p)}"
     return None
 
 

@@ -81,7 +81,9 @@ def profile_hand_off(folder: Path, timeout_s: float = 300) -> dict | str:
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout_s:.0f} s"
     if p.returncode != 0:
-        return f"exited {p.returncode}: {((p.stderr or p.stdout).strip().splitlines() or ['no output'])[-1][:200]}"
+        from ..measurement.launcher import last_line
+
+        return f"exited {p.returncode}: {last_line(p)}"
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
