@@ -271,6 +271,7 @@ class QuantParams(_Traced):
     study_sizes: list[int] = at_least([1, 10, 100, 500], 1)  # [] skips the study
     study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sensitivity: bool = True  # per-layer sensitivity and exclusion lists
+    sensitivity_images: int | None = at_least(None, 2, "None: every evaluated image")  # the first this many evaluated images
     exclude_top_k: list[int] = field(default_factory=lambda: [1, 3])
     # accuracy budget against FP32 (a fraction, judged by measurement.verdict)
     max_accuracy_drop: float = interval(0.005, 0, 1, open_high=True, hint="a fraction, e.g. 0.005 for half a point")

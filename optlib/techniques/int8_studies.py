@@ -60,10 +60,13 @@ def range_widths(calibrations: dict[str, Calibration]) -> pd.DataFrame:
 def layer_sensitivity(graphs: Fp32Graphs, calibration: Calibration, config: StaticQuantConfig,
                       spec: PreprocessSpec, ort_config: OrtConfig, images: list[np.ndarray], labels: np.ndarray,
                       reference_logits: np.ndarray, eval_batch_size: int = 64,
-                      outputs: Outputs | None = None) -> pd.DataFrame:
+                      outputs: Outputs | None = None, max_images: int | None = None) -> pd.DataFrame:
     """Each Conv/Gemm/MatMul of the full graph quantized alone (the rest FP32, the same ranges):
-    the error it adds at the logits. Rows sorted worst first: node, sqnr_db, cosine,
-    accuracy_change, flips."""
+    the error it adds at the logits, on the first `max_images` images (None: all; the ranking needs
+    far fewer than an accuracy verdict). Rows sorted worst first: node, sqnr_db, cosine,
+    accuracy_change, flips, images."""
+    n = len(images) if max_images is None else min(max_images, len(images))
+    images, labels, reference_logits = images[:n], labels[:n], reference_logits[:n]
     rows = []
     for node in quantizable_nodes(graphs.paths["model"]):
         path = quantize_static(graphs.paths["model"], graphs.out_dir / "sensitivity.onnx", calibration.ranges["model"],
@@ -71,7 +74,7 @@ def layer_sensitivity(graphs: Fp32Graphs, calibration: Calibration, config: Stat
         lg = _logits(path, spec, ort_config, images, eval_batch_size)
         f = fidelity(lg, reference_logits, labels, "reference", outputs)
         rows.append({"node": node, "sqnr_db": sqnr_db(reference_logits, lg), "cosine": cosine(reference_logits, lg),
-                     "accuracy_change": f.accuracy_change, "flips": f.flips})
+                     "accuracy_change": f.accuracy_change, "flips": f.flips, "images": n})
     return pd.DataFrame(rows).sort_values("sqnr_db", kind="stable").reset_index(drop=True)
 
 
