@@ -1,6 +1,7 @@
 """Command line: python -m optlib run | summary | report | export-best | example.
 
   python -m optlib run --target cpu [--notebooks 00,01] [--params FILE] [--force [00,03]] [--dry-run]
+  python -m optlib plan --params FILE [--notebooks 00,01]   # what will run and how long, from a probe of the model
   python -m optlib run --targets cpu,edge --cluster local|ADDRESS   # each target a Ray task (core.cluster)
   python -m optlib summary --target cpu --format table|json|csv
   python -m optlib report --target cpu
@@ -88,6 +89,31 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """What `run` would do with these params, and how long each chapter should take: a probe of the
+    model in eager FP32 priced by measurement.plan's cost model."""
+    import pandas as pd
+
+    from .core.pipeline import list_notebooks, plan, resolve_params
+    from .measurement.plan import describe, estimate, probe
+
+    params, path = resolve_params(args.target, args.params)
+    selection = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
+    todo = plan(params, list_notebooks(selection), _force(args.force))
+    print(f"[optlib] plan for target {params.target!r} from {path}")
+    for nb, why in todo:
+        print(f"  {'run' if why else 'skip':4s} {nb.stem:28s} {'; '.join(why) if why else 'unchanged'}")
+    running = [nb.stem for nb, why in todo if why]
+    if not running:
+        return 0
+    p = probe(params)
+    table = estimate(params, p, running)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.1f}".format):
+        print(table)
+    print(describe(params, p, table))
+    return 0
+
+
 def cmd_summary(args) -> int:
     from .results.report import summary
 
@@ -142,15 +168,16 @@ def main(argv=None) -> int:
     ex.add_argument("--image-size", type=int, default=64)
     ex.add_argument("--epochs", type=int, default=5)
     ex.set_defaults(fn=cmd_example)
-    for name, fn in (("run", cmd_run), ("summary", cmd_summary), ("report", cmd_report),
+    for name, fn in (("run", cmd_run), ("plan", cmd_plan), ("summary", cmd_summary), ("report", cmd_report),
                      ("export-best", cmd_export_best)):
         p = sub.add_parser(name)
         p.add_argument("--target", default=None, help="params/<target>.yaml and outputs/<target>/ (default cpu)")
         p.add_argument("--params", default=None, help="a params YAML file (its `target` names the outputs)")
-        if name == "run":
+        if name in ("run", "plan"):
             p.add_argument("--notebooks", default=None, help="comma-separated numbers or names, e.g. 00,01")
             p.add_argument("--force", nargs="?", const="*", default=None, metavar="NOTEBOOKS",
                            help="rerun chapters whose inputs are unchanged: all selected, or those named (00,03)")
+        if name == "run":
             p.add_argument("--dry-run", action="store_true", help="say which chapters would run and why; run none")
             p.add_argument("--targets", default=None,
                            help="with --cluster: comma-separated targets (names or params files), each a Ray task")

@@ -110,7 +110,8 @@ def test_headline_table_says_which_ratios_clear_the_noise_floor():
     assert t.loc["a", "mcnemar_p"] == 1.0 and t.loc["a", "chapter"] == "04_int8_ptq"
     # the first screen's cut: each value with its interval in one cell, the chapter by its number
     c = fr.compact_table(rows)
-    assert list(c.columns[:3]) == ["chapter", "speed-up [95% CI]", "accuracy change [95% CI]"]
+    assert list(c.columns[:4]) == ["#", "chapter", "speed-up [95% CI]", "accuracy change [95% CI]"]
+    assert list(c["#"]) == list(range(1, len(c) + 1))
     assert c.loc["a", "speed-up [95% CI]"] == "2.00x [1.90, 2.10]" and c.loc["a", "chapter"] == "04"
     assert c.loc["a", "accuracy change [95% CI]"].startswith("+0.00% [") and list(c.index) == list(t.index)
 

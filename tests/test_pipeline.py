@@ -68,7 +68,8 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
         assert s["count"] == smoke["samples"] * smoke["trials"] and s["ci95"][0] <= s["median"] <= s["ci95"][1]
         assert "p99" in s["low_confidence"]  # 36 samples cannot support a p99
     assert set(rec["throughput"]) == {"1", "8"}
-    assert rec["accuracy"]["n"] == 120 and len(rec["accuracy"]["confusion_matrix"]) == 10
+    assert rec["accuracy"]["n"] == 120 and len(rec["accuracy"]["confusion_matrix"]) == 2
+    assert rec["accuracy"]["outputs"]["kind"] == "sigmoid" and rec["extra"]["model"]["head"] == "classifier"
     assert rec["size_bytes"] > 40e6
     assert rec["environment"]["versions"]["torch"].startswith("2.14.1")
     assert rec["extra"]["stage_split"] and rec["extra"]["stage_split_max_abs_diff"] < 1e-4
@@ -135,10 +136,14 @@ def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
     assert {"torch-tensorrt-fp16", "onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp32"} <= set(skipped)
     # training memory: gradients with checkpointing equal the plain ones, the step time is a same-run
     # ratio, the memory came from a child process; FP16 autocast training is a CUDA path, skipped here
-    t = by_name["train-fp32-ckpt-sequential"]
+    # (the backbone is one wrapped module: block checkpointing finds its blocks inside it, sequential
+    # has no chain of layers to cut and is a skipped record saying so)
+    t = by_name["train-fp32-ckpt-block"]
     assert t.technique == "training-memory" and t.extra["training"]["gradients"]["equal"]
     assert t.speedup("train-fp32", metric="training-step", batch_size=16) is not None
-    assert t.memory.peak_bytes > t.memory.resting_bytes > 0 and t.extra["training"]["config"]["segments"] >= 2
+    assert t.memory.peak_bytes > t.memory.resting_bytes > 0 and len(t.extra["training"]["checkpointed"]) == 8
+    assert all(p.startswith("backbone.layer") for p in t.extra["training"]["checkpointed"])
+    assert "at least 2 layers before the head" in skipped["train-fp32-ckpt-sequential"]
     assert skipped["train-fp16"].startswith("FP16 autocast training")
     assert (tmp_path / "smoke" / "tables" / "training_memory.csv").is_file()
     # the final round: finalists rebuilt from their artifacts (the files named relative to the
@@ -316,7 +321,8 @@ def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_pa
     p = from_dict(edge, "params/edge.yaml")
     assert (p.model.arch, p.quant.engine, p.bench.threads) == ("torchvision:mobilenet_v2", "qnnpack", 1)
     smoke = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())
-    edge.update(target="edge-smoke", data=smoke["data"], train=smoke["train"],
+    edge.update(target="edge-smoke", data={"embedded": "digits", "image_size": 32, "max_test_images": 120},
+                train=smoke["train"],
                 bench={**smoke["bench"], "threads": 1, "memory": False}, compilers={"compile_modes": []})
     edge["quant"].update(calibration_size=16, qat_epochs=1)
     edge["prune"].update(sparsities=[0.9], ratios=[0.5], finetune_epochs=1)
@@ -333,3 +339,47 @@ def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_pa
     assert {"onnxruntime-int8-static-minmax", "qat-int8", "structured-l2-50-onnxruntime-int8"} <= {
         n for n, r in records.items() if r.ok}
     assert records["qat-int8"].artifact.options["engine"] == "qnnpack"
+
+
+def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
+    """A ViT from a user-style module (optlib.workload.example:vit_classifier: torchvision's
+    VisionTransformer wrapped as self.backbone, an MLP head ending in one logit) on small phantoms,
+    trained by 00, through every chapter at the smoke sizes: no chapter lost, no configuration
+    failed but the one ONNX Runtime crashes on; pruning narrows its MLPs and keeps attention whole;
+    INT8 runs integer kernels; block checkpointing finds its encoder blocks inside the wrapper."""
+    from optlib.results.records import load_records
+
+    params = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())
+    params.update(target="vit-smoke", model={"arch": "optlib.workload.example:vit_classifier", "num_classes": 1})
+    params["data"] = {"embedded": "phantoms", "image_size": 32, "phantom_test_images": 120, "phantom_train_images": 256,
+                      "fidelity_pool_images": 0}
+    params["train"] = {"epochs": 2, "batch_size": 64, "lr": 0.001}
+    params["bench"].update(trials=2, samples=6, batch_sizes=[1, 4])
+    params["onnx"] = {"compare_optimization_levels": False}
+    params["compilers"] = {"compile_modes": [], "measure_cold_start": False}
+    params["quant"].update(pt2e=False, study_sizes=[], compare_formats=False)
+    params["prune"].update(iterative_steps=0, scopes=["global"])
+    params["precision"].update(compile=False)
+    params["memory"].update(precisions=["fp32"], checkpoint=["block"])
+    params["comparison"].update(fresh_processes=0)
+    f = tmp_path / "vit.yaml"
+    f.write_text(yaml.safe_dump(params))
+    run_cli(["run", "--params", str(f)], tmp_path)
+    for nb in sorted(p.stem for p in paths.NOTEBOOKS_DIR.glob("*.ipynb")):
+        assert (tmp_path / "vit-smoke" / "notebooks" / f"{nb}.ipynb").is_file(), nb
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
+    records = {r.name: r for r in load_records("vit-smoke")}
+    # ONNX Runtime crashes natively (SIGSEGV) building the session of this ViT's FP16 graph: that one
+    # configuration is a failed record naming the signal and the step, and chapter 03 went on
+    failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
+    assert set(failed) <= {"onnxruntime-fp16"} and all("native crash (SIGSEGV)" in why for why in failed.values())
+    assert records["pytorch-fp32"].accuracy["outputs"]["kind"] == "sigmoid"
+    assert records["onnxruntime-int8-dynamic"].kernels.label in ("integer", "mixed")  # attention's MatMuls stay float
+    assert records["pytorch-int8-static"].kernels.label == "integer" and records["qat-int8"].ok
+    assert records["onnxruntime-int8-static-minmax"].kernels.label in ("integer", "mixed")
+    pruned = records["structured-l2-global-50-onnxruntime-fp32"].extra["pruning"]
+    assert "attention kept whole" in pruned["attention_kept_whole"] and pruned["macs_speedup"] > 1
+    assert all(".mlp.0" in path for path in pruned["channels"])
+    block = records["train-fp32-ckpt-block"].extra["training"]
+    assert block["gradients"]["equal"] and block["checkpointed"] == [
+        "backbone.encoder.layers.encoder_layer_0", "backbone.encoder.layers.encoder_layer_1"]

@@ -265,3 +265,57 @@ def test_rounding_gives_multiples_where_the_unrounded_widths_are_not():
         pm, _ = pruning.structured(model, x, pruning.StructuredPlan("l2", 0.8, "layer", rnd, 1, ["fc"]))
         widths[rnd] = [m.out_channels for n, m in pm.named_modules() if isinstance(m, nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths[8]) and any(w % 8 for w in widths[None])
+
+
+def test_a_transformer_prunes_its_mlps_keeps_attention_fine_tunes_and_reloads(tmp_path):
+    """A ViT from a user-style module: structured pruning narrows the MLPs' hidden widths, keeps
+    attention and the residual stream whole (and says why), the pruned model trains (a second
+    backward through fresh graphs works) and rebuilds from its artifact to the same logits, and its
+    ONNX export agrees with it."""
+    from optlib.backends.artifacts import eager_artifact, load_runner
+    from optlib.workload.models import ModelInfo
+
+    arch = "optlib.workload.example:vit_classifier"
+    torch.manual_seed(0)
+    model = build_model(arch, 1).eval()
+    setattr(model, HEAD_ATTRIBUTE, "classifier")
+    x = torch.randn(4, 3, 32, 32)
+    keep = pruning.kept_whole(model, [])
+    pm, info = pruning.structured(model, x[:1], pruning.StructuredPlan("l2", 0.5, "global", 8, 1, keep))
+    blocks = list(pm.backbone.encoder.layers)
+    assert [b.mlp[0].out_features for b in blocks] != [128, 128] and all(b.mlp[0].out_features % 8 == 0 for b in blocks)
+    assert sum(b.mlp[0].out_features for b in blocks) == pytest.approx(128, abs=8)  # half of 2 x 128, globally
+    assert all(b.mlp[3].in_features == b.mlp[0].out_features for b in blocks)
+    assert all(b.self_attention.embed_dim == 64 and b.self_attention.num_heads == 4 for b in blocks)
+    assert pm.backbone.conv_proj.out_channels == 64 and pm.classifier[-1].out_features == 1
+    assert "attention kept whole" in info["attention_kept_whole"] and info["macs_after"] < info["macs_before"]
+    assert set(info["channels"]) == {f"backbone.encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)}
+    # it trains: two steps, each a fresh graph
+    opt = torch.optim.SGD(pm.parameters(), lr=0.01)
+    pm.train()
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(pm(x).reshape(-1), torch.tensor([0.0, 1, 1, 0])).backward()
+        opt.step()
+    pm.eval()
+    spec = PreprocessSpec(32, [0.5], [0.5], grayscale_to_rgb=True)
+    art = pruning.pruned_artifact(pm, eager_artifact(ModelInfo(arch, 1, "test", 0, head="classifier"), spec),
+                                  tmp_path / "p.state.pt")
+    with torch.no_grad():
+        expected = pm(x).numpy()
+        assert np.array_equal(load_runner(art).model(x).numpy(), expected)
+    # unstructured masks leave attention's out_proj alone (attention bypasses its forward hook) and
+    # fine-tuning through the masks works step after step
+    um = pruning.unstructured(model, 0.5, "l1", "global", keep)
+    assert not hasattr(um.backbone.encoder.layers[0].self_attention.out_proj, "weight_mask")
+    assert float((um.backbone.encoder.layers[0].mlp[0].weight == 0).float().mean()) > 0.2
+    um.train()
+    opt = torch.optim.SGD(um.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(um(x).reshape(-1), torch.tensor([0.0, 1, 1, 0])).backward()
+        opt.step()
+    e = ox.export_onnx(pm, x[:1], tmp_path / "vit.onnx")
+    sess = OrtRunner(e.path, spec, config=OrtConfig(intra_op_threads=2)).session
+    got = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
+    assert np.abs(got - expected[:1]).max() < ox.FP32_TOLERANCE

@@ -218,13 +218,14 @@ def test_calibration_study_and_range_widths(trained):
 
     t = trained
     graphs = qo.Fp32Graphs({"model": t["fp32"]}, None, t["dir"], 0.0)
+    # percentile, not entropy: both clip, and entropy's threshold search took 70 of this test's 98 s
     study = calibration_study(graphs, t["ds"], t["spec"], qo.StaticQuantConfig(), OrtConfig(intra_op_threads=2), t["ref"],
-                              methods=["minmax", "entropy"], sizes=[1, 32], seeds=[0, 1])
+                              methods=["minmax", "percentile"], sizes=[1, 32], seeds=[0, 1])
     assert len(study) == 8 and set(study["size"]) == {1, 32}
     one = study[(study["method"] == "minmax") & (study["size"] == 1)]
     assert one["mean_range_width"].nunique() == 2  # another draw, other ranges
     by = study.groupby(["method", "size"])["mean_range_width"].mean()
-    assert by["entropy", 32] < by["minmax", 32]  # entropy clips, minmax covers every value seen
+    assert by["percentile", 32] < by["minmax", 32]  # percentile clips, minmax covers every value seen
     assert (study["flips"] <= len(t["ds"].test)).all() and study["sqnr_db"].notna().all()
     cal = {m: qo.calibrate_graphs(graphs, t["calib"], m) for m in ("minmax", "percentile")}
     widths = range_widths(cal)

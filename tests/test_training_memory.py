@@ -253,3 +253,34 @@ def test_sequential_on_a_wrapped_backbone_is_a_clear_skip_not_a_crash():
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     with pytest.raises(tm.CheckpointingError, match=r"at least 2 layers before the head; this model has \['backbone'\]"):
         tm.choose_segments(Wrapped(), "fc", Outputs.for_data(None, ["a", "b", "c"], None), x, y)
+
+
+@pytest.mark.parametrize("wrapped", ["resnet", "vit"])
+def test_block_checkpointing_finds_the_blocks_inside_a_wrapper(wrapped):
+    """A backbone wrapped as one module (self.backbone, then an MLP head): block checkpointing finds
+    the blocks inside it (ResNet's backbone.layerN.M, a ViT's encoder blocks), and the gradients
+    equal plain autograd's, with fewer tensors saved."""
+    from optlib.techniques.checkpointing import checkpoint_paths
+    from optlib.workload.example import BinaryHeadNet, ViTClassifier
+
+    torch.manual_seed(0)
+    model = (BinaryHeadNet() if wrapped == "resnet" else ViTClassifier(num_classes=1)).eval()
+    config = tm.TrainConfig("fp32", "block")
+    paths = checkpoint_paths(model, config, "classifier")
+    if wrapped == "resnet":
+        assert paths == [f"backbone.layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    else:
+        assert paths == ["backbone.encoder.layers.encoder_layer_0", "backbone.encoder.layers.encoder_layer_1"]
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 1, 0])
+    one_logit = Outputs("sigmoid", 2, positive_index=1)
+    reference = copy.deepcopy(model).train()
+    torch.manual_seed(1)
+    expected = torch.autograd.grad(one_logit.loss(reference(x), y), list(reference.parameters()))
+    module, held = tm.trainable(model, config, "classifier")
+    torch.manual_seed(1)  # the same dropout masks in the head
+    tm.train_step(module, torch.optim.SGD(held.parameters(), lr=0.0), config, one_logit, x, y)
+    for (name, p), g in zip(held.named_parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6, msg=name)
+    plain, _ = tm.trainable(model, config.plain, "classifier")
+    assert _saved_count(module, x) < _saved_count(plain, x)

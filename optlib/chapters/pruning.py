@@ -395,6 +395,8 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
                      f"{st['bitmask_bytes'] / st['dense_bytes']:.0%} (non-zero values + a bitmask), gzip of the dense file "
                      f"{st['gzip_bytes'] / st['dense_bytes']:.0%}.")
     pruned = [r for r in R.values() if r.extra.get("pruning", {}).get("kind") == "structured"]
+    kept = {r.extra["pruning"].get("attention_kept_whole") for r in pruned} - {None}
+    lines += [f"Structured pruning of this transformer: {k}." for k in kept]
     for r in sorted(pruned, key=lambda r: r.extra["pruning"]["macs_speedup"]):
         pr = r.extra["pruning"]
         if r.precision == "fp32" and r.backend == "onnxruntime":

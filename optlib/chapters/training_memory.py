@@ -38,6 +38,16 @@ class Plan:
     segment_estimates: dict[int, int] = field(default_factory=dict)  # sequential: held bytes per segment count
 
 
+def _checkpointed(ch, config) -> list[str] | None:
+    """The module paths a stage / block / custom configuration checkpoints (None for none and
+    sequential, whose record names its segment count instead)."""
+    from ..techniques.checkpointing import checkpoint_paths
+
+    if config.checkpoint in ("none", "sequential"):
+        return None
+    return checkpoint_paths(ch.model, config, ch.model_info.head)
+
+
 def plan(ch) -> Plan:
     """Configurations of `memory.*`: skipped where this device cannot run them (a record each) or
     where the model has nothing the granularity can checkpoint; `sequential` gets the segment
@@ -206,7 +216,8 @@ def write_records(ch, p: Plan, sweep, times, searches, not_timed: dict[int, str]
             settings={"threads": P.bench.threads, "optimizer": M.optimizer, "lr": p.job.lr,
                       "allocator": tm.CHILD_ENV, "steps_per_child": M.steps},
             environment=env.environment(P.hash()),
-            extra={"training": {"config": config.to_dict(), "plain": config.plain.name, "images": p.source, "rows": rows,
+            extra={"training": {"config": config.to_dict(), "checkpointed": _checkpointed(ch, config),
+                                "plain": config.plain.name, "images": p.source, "rows": rows,
                                 "gradients": p.gradients[config.name], "estimate": asdict(e),
                                 "largest_batch": asdict(search) if search else None,
                                 "budget_gib": M.budget_gib}})

@@ -242,7 +242,7 @@ def indistinguishable(latency_samples: dict, best: str, candidates: list[str]) -
 
 def training_memory_table(records: list[Record]) -> pd.DataFrame:
     """Chapter 08's records, one row per configuration and batch size: the step's peak above the
-    resting process and the whole peak (MB, measured in a child process), the estimate and its
+    resting process, the whole peak and the resting process (MB, measured in a child process), the estimate and its
     activation error, the cut against the same precision without checkpointing, step time with its
     interval, training images per second, the paired speed against that reference, gradients equal,
     and the largest batch under the budget."""
@@ -261,6 +261,7 @@ def training_memory_table(records: list[Record]) -> pd.DataFrame:
         for row in t["rows"]:
             rows.append({"configuration": r.name, "batch": row["batch_size"], "status": row["status"],
                          "above_resting_mb": mb(row["above_resting_bytes"]), "peak_mb": mb(row["peak_bytes"]),
+                         "resting_mb": mb(row.get("resting_bytes")),
                          "estimate_mb": mb(row["estimate_step_bytes"]),
                          "activation_estimate_error": row.get("estimate_error"), "cut_vs_plain": row.get("cut_vs_plain"),
                          "step_ms": row.get("step_ms"), "step_ms_ci95": ci(row.get("step_ms_ci95"), 0),

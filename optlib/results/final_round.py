@@ -389,7 +389,8 @@ def headline_table(records: dict[str, Record]) -> pd.DataFrame:
 def compact_table(records: dict[str, Record]) -> pd.DataFrame:
     """The report's first screen: headline_table cut to what decides (chapter number, speed-up against
     pytorch-fp32 in this round with its interval, accuracy change with its paired interval and its
-    verdict, size, kernels), each value and its interval in one cell, fastest first."""
+    verdict, size, kernels), each value and its interval in one cell, fastest first, numbered as
+    the points of the headline figure beside it (figures.final_round)."""
     full = headline_table(records)
     if full.empty:
         return full
@@ -398,6 +399,7 @@ def compact_table(records: dict[str, Record]) -> pd.DataFrame:
         return "" if pd.isna(v) else f"{fmt(v)} {ci}" if isinstance(ci, str) and ci else fmt(v)
 
     out = pd.DataFrame(index=full.index)
+    out["#"] = range(1, len(full) + 1)
     out["chapter"] = full["chapter"].map(lambda c: c.split("_")[0] if isinstance(c, str) else c)  # 06_pruning: 06
     out["speed-up [95% CI]"] = [cell(v, c, lambda x: f"{x:.2f}x") for v, c in zip(full["speedup"], full["speedup_ci95"])]
     if "accuracy_change" in full:

@@ -76,6 +76,22 @@ CHAPTER_COLUMNS = ("name", "precision", "kernels", "threads", "latency_ms", "lat
 HTML_TABLE = dict(float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="cmp")
 
 
+TRAINING_COLUMNS = ("configuration", "batch", "peak_mb", "resting_mb", "above_resting_mb", "cut_vs_plain", "step_ms",
+                    "speed_vs_plain", "speed_vs_plain_ci95")
+
+
+def _chapter_table(group: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
+    """A chapter's rows with its own quantities and no empty column: chapter 08's training
+    configurations show peak and resting memory, the cut against the same precision without
+    checkpointing and the step-time ratio (per batch size); the others latency, speed-up and accuracy."""
+    if not training.empty and set(group["name"]) <= set(training["configuration"]):
+        group = training[training["configuration"].isin(set(group["name"]))]
+        columns = TRAINING_COLUMNS
+    else:
+        columns = CHAPTER_COLUMNS
+    return group[[c for c in columns if c in group and group[c].notna().any() and (group[c] != "").any()]]
+
+
 def _machine(env: dict) -> list[tuple[str, str]]:
     """The environment as rows of a table: what the numbers were measured on and with."""
     rows = [(k, str(env[k])) for k in ("cpu", "cpu_count", "gpu", "platform", "git_commit", "timestamp") if env.get(k)]
@@ -103,9 +119,9 @@ def render_html(target: str, reference: str = REFERENCE) -> Path:
     scatter.savefig(paths.figures_dir(target) / "latency_vs_accuracy.png", dpi=110)
     ok = [r for r in records if r.ok]
     measured = df[df["status"] == "ok"] if "status" in df else df
-    chapters = [(nb, group[[c for c in CHAPTER_COLUMNS if c in group and group[c].notna().any()]]
-                 .to_html(index=False, **HTML_TABLE)) for nb, group in measured.groupby("notebook", sort=True)]
     training = training_memory_table(records)
+    chapters = [(nb, _chapter_table(group, training).to_html(index=False, **HTML_TABLE))
+                for nb, group in measured.groupby("notebook", sort=True)]
     training_ctx = None
     if not training.empty:
         tables.update(save_table(training, target, "training_memory", formats=("csv",)))
@@ -186,7 +202,8 @@ def _final_context(final: dict[str, Record], target: str, tables: dict) -> dict 
     timed = [r for r in final.values() if r.ok and r.latency is not None]
     budget = ref.extra["final_round"].get("max_accuracy_drop", 0.005)
     compact = thesis_table(final_round.compact_table(final), "final_round_compact")
-    headline_figure = figure(final_figure(timed, budget), "final_round")
+    figure(final_figure(timed, budget), "final_round")  # with its own key: for a thesis, standalone
+    headline_figure = _fig_to_base64(final_figure(timed, budget, key=False))  # numbered as the table beside it
     sections = [{"title": "Every finalist in detail", "table": thesis_table(final_round.headline_table(final), "final_round"),
                  "intro": "Latency with its interval, whether the speed-up clears the same-vs-same noise floor "
                           "(resolved), the same ratio in the finalist's own chapter, flips and McNemar's exact p "

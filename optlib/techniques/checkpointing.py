@@ -1,8 +1,9 @@
 """Activation checkpointing, a technique: a model in, a copy that recomputes activations during
 backward instead of storing them (torch.utils.checkpoint, non-reentrant) out.
 
-Where: `stage`, each top-level nn.Sequential of the body (ResNet's layer1..4); `block`, each child of
-those (ResNet's blocks, MobileNetV2's feature blocks); `sequential`, checkpoint_sequential over the
+Where: `stage`, each outermost nn.Sequential of the body at any depth (ResNet's layer1..4, also
+inside a wrapper as backbone.layer1..4; a ViT's encoder.layers); `block`, each child of those
+(ResNet's blocks, MobileNetV2's feature blocks, a ViT's encoder blocks); `sequential`, checkpoint_sequential over the
 whole body, stem included, where the model's forward is its children in order followed by flatten
 and the head (ResNet, not MobileNetV2, which pools functionally); or `custom`, the module paths the
 user names. A configuration is anything with `checkpoint`, `segments` and `modules`
@@ -40,14 +41,28 @@ def checkpoint_paths(model: nn.Module, config, head: str | None) -> list[str]:
             except ValueError as e:
                 raise CheckpointingError(str(e).replace("'model.head'", "'memory.checkpoint_modules'")) from None
         return list(config.modules)
-    stages = [(n, m) for n, m in model.named_children()
-              if isinstance(m, nn.Sequential) and n != _head_top(head) and any(True for _ in m.parameters())]
+    stages = _stages(model, head)
     if not stages:
         raise CheckpointingError(f"{type(model).__name__} has no nn.Sequential stage outside its head to checkpoint: "
                               "name modules in memory.checkpoint_modules")
     if config.checkpoint == "stage":
         return [n for n, _ in stages]
     return [f"{n}.{c}" for n, m in stages for c, _ in m.named_children()]
+
+
+def _stages(model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:
+    """The outermost nn.Sequential modules with parameters outside the head, at any depth: ResNet's
+    layer1..4, the same inside a wrapper (backbone.layer1..4), a ViT's encoder.layers, MobileNetV2's
+    features."""
+    stages: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if not name or (head and (name == head or name.startswith(head + "."))):
+            continue
+        if any(name.startswith(s + ".") for s, _ in stages):
+            continue
+        if isinstance(m, nn.Sequential) and any(True for _ in m.parameters()):
+            stages.append((name, m))
+    return stages
 
 
 def body_chain(model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:

@@ -50,15 +50,3 @@ def runner(onnx_path: str | Path, calibration: np.ndarray, xml_path: str | Path,
     return r.annotate(one_time_cost_seconds={**(one_time_cost_seconds or {}), "calibration and quantization": info["seconds"],
                                              "compile": r.compile_seconds},
                       quantization=info, calibration=calibration_info or {}, **details)
-
-
-def finding(records: dict, against: str | None) -> str | None:
-    """Chapter 04's sentence on NNCF INT8 (`openvino-int8-nncf`) against ONNX Runtime's static INT8
-    of the same calibration images (`against`), from this run's records; None when either is absent."""
-    o = records.get("openvino-int8-nncf")
-    if o is None or not o.ok or against not in records or o.speedup(against) is None:
-        return None
-    return (f"OpenVINO INT8 (NNCF, the same {o.extra['quantization']['subset_size']} calibration images, "
-            f"{o.kernels.label} kernels: {o.kernels.share:.0%} of conv/FC nodes in i8/u8): {o.latency.median:.3f} ms, "
-            f"{o.speedup(against)} ONNX Runtime's `{against}` and {o.speedup('pytorch-fp32')} eager FP32 in this run; "
-            f"accuracy change {o.fidelity.describe_change()}, verdict {o.verdict.label}.")

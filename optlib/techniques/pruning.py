@@ -33,6 +33,8 @@ from ..results.values import Artifact
 from ..workload.models import HEAD_ATTRIBUTE, build_model, resolve_module, save_state_dict
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
+ATTENTION_KEPT = ("attention kept whole: nn.MultiheadAttention packs its heads into one in-projection as wide as "
+                  "the residual stream, so removing heads would narrow every block; the MLPs' hidden widths are pruned")
 
 
 class PruningError(ValueError):
@@ -61,8 +63,13 @@ def _inside(name: str, roots: list[str]) -> bool:
 
 
 def prunable_layers(model: nn.Module, keep: list[str]) -> list[tuple[str, nn.Module]]:
-    """(path, module) of every Conv2d / Linear outside the modules in `keep`."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and not _inside(n, keep)]
+    """(path, module) of every Conv2d / Linear outside the modules in `keep` and outside any
+    nn.MultiheadAttention: attention reads its out_proj's weight directly, bypassing the module's
+    forward, so a mask applied by torch.nn.utils.prune's forward hook would never be re-applied (and
+    fine-tuning would backpropagate through the first, stale masked weight)."""
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, PRUNABLE) and not _inside(n, keep) and not _inside(n, attention)]
 
 
 # --- unstructured -----------------------------------------------------------------------------
@@ -196,6 +203,11 @@ def structured(model: nn.Module, example: torch.Tensor, plan: StructuredPlan, gr
     m = copy.deepcopy(model).eval()
     macs0, params0 = macs_and_params(m, example)
     ignored = [resolve_module(m, n) for n in plan.keep]
+    # nn.MultiheadAttention packs every head into one in-projection as wide as the residual stream:
+    # removing heads would narrow every block. Attention stays whole; the MLPs' hidden widths (and
+    # every convolution's channels) are what is pruned.
+    attention = [n for n, mod in m.named_modules() if isinstance(mod, nn.MultiheadAttention)]
+    ignored += [resolve_module(m, n) for n in attention]
     pruner = tp.pruner.BasePruner(m, example, importance=importance(plan.criterion), pruning_ratio=plan.ratio,
                                   global_pruning=plan.scope == "global", iterative_steps=plan.steps,
                                   ignored_layers=ignored, round_to=plan.round_to)
@@ -219,16 +231,22 @@ def structured(model: nn.Module, example: torch.Tensor, plan: StructuredPlan, gr
         p.grad = None
     macs1, params1 = macs_and_params(m, example)
     return m.eval(), {"kind": "structured", "criterion": plan.criterion, "ratio": plan.ratio, "scope": plan.scope,
-                      "round_to": plan.round_to, "steps": plan.steps, "kept_whole": plan.keep,
+                      "round_to": plan.round_to, "steps": plan.steps, "kept_whole": plan.keep + attention,
+                      "attention_kept_whole": ATTENTION_KEPT if attention else None,
                       "macs_before": macs0, "macs_after": macs1, "parameters_before": params0, "parameters_after": params1,
                       "macs_speedup": macs0 / macs1, "history": history, "channels": channel_summary(model, m)}
 
 
+def _width(mod: nn.Module) -> int | None:
+    return mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features if isinstance(mod, nn.Linear) else None
+
+
 def channel_summary(before: nn.Module, after: nn.Module) -> dict[str, list[int]]:
-    """{conv path: [out channels before, after]} for every Conv2d whose width changed."""
-    b = {n: mod.out_channels for n, mod in before.named_modules() if isinstance(mod, nn.Conv2d)}
-    return {n: [b[n], mod.out_channels] for n, mod in after.named_modules()
-            if isinstance(mod, nn.Conv2d) and n in b and b[n] != mod.out_channels}
+    """{path: [output width before, after]} for every Conv2d (channels) and Linear (features) whose
+    width changed."""
+    b = {n: _width(mod) for n, mod in before.named_modules() if _width(mod) is not None}
+    return {n: [b[n], _width(mod)] for n, mod in after.named_modules()
+            if _width(mod) is not None and n in b and b[n] != _width(mod)}
 
 
 # --- saving and rebuilding without a full pickle ----------------------------------------------

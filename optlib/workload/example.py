@@ -54,6 +54,30 @@ def resnet18_mlp_head(num_classes: int = 1, hidden: int = 128) -> nn.Module:
     return model
 
 
+class ViTClassifier(nn.Module):
+    """A small Vision Transformer as users wrap one: torchvision's VisionTransformer (its own head
+    removed) as `self.backbone`, an MLP head ending in `num_classes` logits as `self.classifier`.
+    Its position embedding fixes the input size: `image_size` must be data.image_size."""
+
+    def __init__(self, num_classes: int = 1, image_size: int = 32, patch_size: int = 8, layers: int = 2,
+                 heads: int = 4, width: int = 64, mlp_width: int = 128):
+        super().__init__()
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        self.backbone = VisionTransformer(image_size, patch_size, layers, heads, width, mlp_width, num_classes=width)
+        self.backbone.heads = nn.Identity()
+        self.classifier = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.backbone(x))
+
+
+def vit_classifier(num_classes: int = 1) -> nn.Module:
+    """model.arch: optlib.workload.example:vit_classifier. A 2-layer ViT (4 heads, width 64, patches
+    of 8) for 32x32 images with an MLP head: the transformer the tests run through every chapter."""
+    return ViTClassifier(num_classes)
+
+
 def write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
     from PIL import Image
 

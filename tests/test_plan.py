@@ -1,0 +1,98 @@
+"""The plan before a run: its count of a configuration's timed calls against the calls the harness
+really makes (a counting runner on a fake clock), the image counts against a folder written here,
+and the plan command end to end on the smoke params."""
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from optlib.core.params import BenchParams, from_dict
+from optlib.measurement import plan, timing
+from tests.helpers import write_image_folder
+from tests.test_pipeline import run_cli
+from tests.test_runner_bench import _Clock
+
+
+class _Counting:
+    """Counts eager-forward equivalents per batch size (the features stage is the whole network,
+    preprocessing and the head are free) and spends `ms_per_image` of the fake clock per forward."""
+    backend, device, name = "fake", "cpu", "counting"
+
+    def __init__(self, clock, ms_per_image):
+        self.clock, self.ms, self.forwards = clock, ms_per_image, Counter()
+
+    def activate(self):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def _forward(self, n):
+        self.forwards[n] += 1
+        self.clock.ns += int(self.ms * n * 1e6)
+
+    def preprocess(self, batch):
+        return batch
+
+    def extract_features(self, x):
+        self._forward(len(x))
+        return x
+
+    def classify(self, f):
+        return f
+
+    def predict(self, batch):
+        self._forward(len(batch))
+        return batch
+
+
+@pytest.mark.parametrize("bench", [
+    BenchParams(warmup=10, samples=40, trials=3, min_trials=3, stage_every=4, batch_sizes=[1, 8, 32], settle_s=0.0),
+    BenchParams(warmup=2, samples=12, trials=5, min_trials=5, stage_every=1, batch_sizes=[2, 16], settle_s=0.0),
+    # time, not calls: 0.5 s blocks at 2 ms a call are 250 calls, above the trusted p99's 662 / 6 = 111
+    BenchParams(warmup=10, samples=40, block_seconds=0.5, trials=6, min_trials=6, stage_every=4, batch_sizes=[1, 8],
+                settle_s=0.0),
+], ids=["calls", "stages-every-call", "block-seconds"])
+def test_the_plan_counts_the_calls_the_harness_makes(monkeypatch, bench):
+    clock = _Clock()
+    monkeypatch.setattr(timing.time, "perf_counter_ns", clock)
+    images = [np.zeros((8, 8), np.uint8)] * 10
+    r = _Counting(clock, 2.0)
+    lat_bs = min(bench.batch_sizes)  # as experiment.measure times them
+    timing.latency([r], images, bench, batch_size=lat_bs, progress=False)
+    timing.throughput([r], images, bench, batch_sizes=[b for b in bench.batch_sizes if b != lat_bs], progress=False)
+    assert plan.measuring_calls(bench, first_call_s=2e-3 * lat_bs) == dict(r.forwards)
+
+
+def test_image_counts_of_a_folder_and_of_the_embedded_workloads(tmp_path):
+    root = write_image_folder(tmp_path / "test", per_class=5)  # 10 images, a corrupt .png and a .txt
+    (root / "NORMAL" / "scan.dcm").write_bytes(b"\0" * 200)
+    p = from_dict({"data": {"root": str(root), "max_test_images": 8}})
+    assert plan.image_counts(p) == {"test": 8, "train": 0, "pool": 0}
+    p = from_dict({"data": {"root": str(root), "train_root": str(root), "fidelity_root": str(root)}})
+    assert plan.image_counts(p) == {"test": 12, "train": 12, "pool": 12}  # 10 images, the corrupt one, the DICOM
+    p = from_dict({"data": {"embedded": "phantoms", "phantom_test_images": 700, "phantom_train_images": 300,
+                            "fidelity_pool_images": 100}})
+    assert plan.image_counts(p) == {"test": 700, "train": 300, "pool": 100}
+    assert plan.image_counts(from_dict({})) == {"test": 540, "train": 1257, "pool": 0}  # the digits, 0.3 of 1797
+
+
+def test_the_estimate_follows_the_params():
+    """More trials cost more measuring; no training side means no fine-tuning; every chapter has a row."""
+    probe = plan.Probe({1: 0.01, 8: 0.05, 32: 0.2, 64: 0.4}, 0.5, 64, 3.0, {"test": 1000, "train": 2000, "pool": 500}, 21)
+    p = from_dict({"bench": {"trials": 6, "batch_sizes": [1, 32]}})
+    t = plan.estimate(p, probe)
+    assert list(t.index)[0] == "00_data_and_model" and list(t.index)[-1] == "99_comparison" and len(t) == 11
+    more = plan.estimate(from_dict({"bench": {"trials": 12, "batch_sizes": [1, 32]}}), probe)
+    assert (more["measuring_s"] >= t["measuring_s"]).all() and more.loc["02_onnx_and_compilers", "measuring_s"] == \
+        pytest.approx(2 * t.loc["02_onnx_and_compilers", "measuring_s"])
+    untrained = plan.Probe(probe.forward_s, 0.5, 64, 3.0, {"test": 1000, "train": 0, "pool": 0}, 21)
+    assert plan.estimate(p, untrained).loc["06_pruning", "training_s"] == 0
+    assert set(t["dominant"]) <= {"measuring", "evaluating", "memory_children", "training", "conversions", "other"}
+
+
+def test_plan_command_prints_what_will_run_and_how_long(tmp_path):
+    out = run_cli(["plan", "--params", "params/smoke.yaml", "--notebooks", "00,01,02"], tmp_path).stdout
+    for nb in ("00_data_and_model", "01_baseline", "02_onnx_and_compilers"):
+        assert f"run  {nb}" in out
+    assert "Estimated" in out and "eager FP32 batch 1:" in out and "03_fp16_bf16" not in out.split("Probe")[0]
