@@ -26,11 +26,6 @@ class CheckpointingError(ValueError):
     """The model has no part the chosen granularity can checkpoint."""
 
 
-
-def _head_top(head: str | None) -> str | None:
-    return head.split(".")[0] if head else None
-
-
 def checkpoint_paths(model: nn.Module, config, head: str | None) -> list[str]:
     """The module paths a stage / block / custom configuration checkpoints (CheckpointingError when
     the model has none)."""
