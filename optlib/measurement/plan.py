@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.params import BenchParams, Params
+from . import timing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
-TRUSTED_P99_CALLS = 662  # stats.min_samples_for(99): the floor calls_per_block keeps over the trials
 COMPILE_FORWARDS = 400  # torch.compile's first call, in eager calls of the same model (freezing, 2 cores)
 EXPORT_FORWARDS = 60  # an ONNX export and its check, in eager calls
 # Calibrated on the cpu target's run of 2026-12-06: a real training step (augmentation, the loss,
@@ -134,17 +134,13 @@ def measuring_calls(bench: BenchParams, first_call_s: float | None = None) -> di
     experiment.measure calls them). With bench.block_seconds the calls per block follow from
     `first_call_s`, the latency batch's seconds per call (timing.calls_per_block)."""
     lat_bs = min(bench.batch_sizes)
-    if bench.block_seconds is None or not first_call_s:
-        calls = bench.samples
-    else:
-        calls = max(math.ceil(TRUSTED_P99_CALLS / bench.trials), math.ceil(bench.block_seconds / first_call_s))
+    calls = timing.calls_per_block([first_call_s * 1e3] if first_call_s else [], bench)
     staged = math.ceil(calls / bench.stage_every)
     warm = max(bench.warmup, 3 if bench.block_seconds else 0)  # warm-up calls time the stages too
     out = {lat_bs: float(bench.trials * (calls + staged + 2 * warm))}
     for bs in bench.batch_sizes:
         if bs != lat_bs:
-            out[bs] = float(bench.trials * (max(5, bench.samples // bs) + max(1, min(max(5, bench.samples // bs),
-                                                                                      math.ceil(bench.warmup / bs)))))
+            out[bs] = float(bench.trials * sum(timing.throughput_calls(bench, bs)))
     return out
 
 

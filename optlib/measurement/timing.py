@@ -164,6 +164,13 @@ def calls_per_block(warmup_ms, bench: BenchParams) -> int:
     return int(min(MAX_CALLS_PER_BLOCK, max(floor, wanted)))
 
 
+def throughput_calls(bench: BenchParams, batch_size: int) -> tuple[int, int]:
+    """(timed, warm-up) batches in each throughput block at `batch_size`: max(5, samples //
+    batch_size) timed, ceil(warmup / batch_size) warm-up (at least 1, at most the timed count)."""
+    n = max(5, bench.samples // batch_size)
+    return n, max(1, min(n, math.ceil(bench.warmup / batch_size)))
+
+
 def latency(runners: list[Runner], images: list[np.ndarray], bench: BenchParams, batch_size: int = 1,
             progress: bool = True, monitor: LoadMonitor | None = None,
             references: tuple[str, ...] | list[str] = ()) -> dict[str, dict[str, list[np.ndarray]]]:
@@ -223,8 +230,7 @@ def throughput(runners: list[Runner], images: list[np.ndarray], bench: BenchPara
     """
     out: dict[int, dict[str, list[np.ndarray]]] = {}
     for bs in batch_sizes or bench.batch_sizes:
-        n = max(5, bench.samples // bs)
-        warm = max(1, min(n, math.ceil(bench.warmup / bs)))
+        n, warm = throughput_calls(bench, bs)
         per_runner: dict[str, list[np.ndarray]] = {r.name: [] for r in runners}
         settler = _Settler(bench.settle_s)
         with _progress(bench.trials * len(runners) * (n + warm), f"throughput bs={bs}", progress) as bar:

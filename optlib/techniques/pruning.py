@@ -67,9 +67,14 @@ def prunable_layers(model: nn.Module, keep: list[str]) -> list[tuple[str, nn.Mod
     nn.MultiheadAttention: attention reads its out_proj's weight directly, bypassing the module's
     forward, so a mask applied by torch.nn.utils.prune's forward hook would never be re-applied (and
     fine-tuning would backpropagate through the first, stale masked weight)."""
-    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    attention = attention_modules(model)
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, PRUNABLE) and not _inside(n, keep) and not _inside(n, attention)]
+
+
+def attention_modules(model: nn.Module) -> list[str]:
+    """Paths of the model's nn.MultiheadAttention modules."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
 
 
 # --- unstructured -----------------------------------------------------------------------------
@@ -206,7 +211,7 @@ def structured(model: nn.Module, example: torch.Tensor, plan: StructuredPlan, gr
     # nn.MultiheadAttention packs every head into one in-projection as wide as the residual stream:
     # removing heads would narrow every block. Attention stays whole; the MLPs' hidden widths (and
     # every convolution's channels) are what is pruned.
-    attention = [n for n, mod in m.named_modules() if isinstance(mod, nn.MultiheadAttention)]
+    attention = attention_modules(m)
     ignored += [resolve_module(m, n) for n in attention]
     pruner = tp.pruner.BasePruner(m, example, importance=importance(plan.criterion), pruning_ratio=plan.ratio,
                                   global_pruning=plan.scope == "global", iterative_steps=plan.steps,
