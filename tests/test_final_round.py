@@ -32,6 +32,7 @@ RECORDS = [
     record("pruned", "06_pruning", 5.0, -0.10, (-0.12, -0.08)),
     record("no-artifact", "03_fp16_bf16", 9.0, 0.0, artifact=False),
     record("gpu-only", "07_tensorrt", 9.0, 0.0, device="cuda"),
+    record("qdq-on-cpu", "07_tensorrt", 0.8, 0.0),  # 07's fastest on this device, slower than the reference
     record("skipped", "07_tensorrt", status="skipped"),
     record("final-pytorch-fp32", "99_comparison"),
 ]
@@ -48,6 +49,7 @@ def test_finalists_are_the_references_the_budget_pick_the_named_and_each_chapter
     assert "fastest of 06_pruning in its own run" in why["pruned"] and "int8-fast" in why
     assert "fastest of 02_onnx_and_compilers in its own run" in why["onnxruntime-fp32"]
     assert left_out["no-artifact"] == "no artifact to rebuild it from" and "cuda" in left_out["gpu-only"]
+    assert "no faster than pytorch-fp32 in its own run (0.80x)" in left_out["qdq-on-cpu"] and "qdq-on-cpu" not in why
     assert "skipped" not in why and "skipped" not in left_out and "final-pytorch-fp32" not in why
 
 

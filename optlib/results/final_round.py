@@ -58,7 +58,8 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
     references (pytorch-fp32, onnxruntime-fp32); the accuracy-budget pick (the largest own-run
     speed-up against pytorch-fp32 whose verdict is within: measurement.verdict.within_budget);
     `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its own run,
-    fastest first, until `limit`; with `factorial`, the cells of `factorial_design` (beyond
+    fastest first, until `limit`, if it beat pytorch-fp32 there (CPU chapter 07's QDQ graph on
+    ONNX Runtime, 0.76x on 2026-12-06, cost the round a minute and told nothing); with `factorial`, the cells of `factorial_design` (beyond
     `limit`: the design needs them all). ValueError naming comparison.finalists for a name that is
     not a candidate."""
     left_out: dict[str, str] = {}
@@ -98,6 +99,9 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
     for r in sorted(by_chapter.values(), key=_speed, reverse=True):
         if r.name in chosen:
             chosen[r.name].why.append(f"fastest of {r.notebook} in its own run")
+        elif _speed(r) <= 1.0:
+            left_out[r.name] = (f"fastest of {r.notebook}, but no faster than {REFERENCE} in its own run "
+                                f"({_speed(r):.2f}x): nothing to re-time")
         elif len(chosen) < limit:
             choose(r.name, f"fastest of {r.notebook} in its own run")
         else:
