@@ -92,11 +92,18 @@ def cmd_run(args) -> int:
 def cmd_plan(args) -> int:
     """What `run` would do with these params, and how long each chapter should take: a probe of the
     model in eager FP32 priced by measurement.plan's cost model."""
+    import dataclasses
+    from datetime import date
+
     import pandas as pd
+    import yaml
 
+    from .core.io import write_text_atomic
     from .core.pipeline import list_notebooks, plan, resolve_params
-    from .measurement.plan import describe, estimate, probe
+    from .measurement.plan import describe, describe_fit, estimate, fit, image_counts, probe
 
+    if args.write and args.budget_minutes is None:
+        raise SystemExit("optlib plan: --write FILE writes the params fitted to --budget-minutes; give both")
     params, path = resolve_params(args.target, args.params)
     selection = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
     todo = plan(params, list_notebooks(selection), _force(args.force))
@@ -108,6 +115,16 @@ def cmd_plan(args) -> int:
         return 0
     p = probe(params)
     table = estimate(params, p, running)
+    if args.budget_minutes is not None:
+        before = float(table["total_min"].sum())
+        params, cuts, table = fit(params, p, args.budget_minutes, running)
+        p = dataclasses.replace(p, images=image_counts(params))
+        print(describe_fit(args.budget_minutes, before, cuts, float(table["total_min"].sum())))
+        if args.write:
+            note = "".join(f"#   {c['key']}: {c['from']} -> {c['to']} ({c['costs']})\n" for c in cuts) or "#   nothing\n"
+            out = write_text_atomic(f"# {path} fitted to {args.budget_minutes:g} min by `optlib plan` on {date.today()}; "
+                                    f"cut:\n{note}" + yaml.safe_dump(params.to_dict(), sort_keys=False), args.write)
+            print(f"[optlib] params that fit written to {out}: `optlib run --params {out}`")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.1f}".format):
         print(table)
     print(describe(params, p, table))
@@ -177,6 +194,10 @@ def main(argv=None) -> int:
             p.add_argument("--notebooks", default=None, help="comma-separated numbers or names, e.g. 00,01")
             p.add_argument("--force", nargs="?", const="*", default=None, metavar="NOTEBOOKS",
                            help="rerun chapters whose inputs are unchanged: all selected, or those named (00,03)")
+        if name == "plan":
+            p.add_argument("--budget-minutes", type=float, default=None,
+                           help="cut what can be cut (SHRINKS in optlib/measurement/plan.py) until the estimate fits")
+            p.add_argument("--write", default=None, metavar="FILE", help="with --budget-minutes: the params that fit")
         if name == "run":
             p.add_argument("--dry-run", action="store_true", help="say which chapters would run and why; run none")
             p.add_argument("--targets", default=None,

@@ -91,8 +91,51 @@ def test_the_estimate_follows_the_params():
     assert set(t["dominant"]) <= {"measuring", "evaluating", "memory_children", "training", "conversions", "other"}
 
 
+def _flat(d: dict) -> dict:
+    return {f"{s}.{k}": v for s, section in d.items() if isinstance(section, dict) for k, v in section.items()}
+
+
+def test_a_budget_cuts_in_order_until_the_estimate_fits():
+    """The cpu target's params against a probe of a 3 ms model: fitted to half its estimate, the
+    params that come back validate, differ from the given ones only where a cut says so, and their
+    own estimate (recomputed here with their image counts) is within the budget; the cuts come in
+    the ladder's order with each estimate lower than the last. Within budget: nothing cut; an
+    impossible budget: every cut made and said not to fit."""
+    from optlib.core import paths
+    from optlib.core.params import load_params
+
+    given = load_params(paths.PARAMS_DIR / "cpu.yaml")
+    probe = plan.Probe({1: 0.003, 32: 0.06, 64: 0.12}, 0.4, 64, 3.0, plan.image_counts(given), 21)
+    before = float(plan.estimate(given, probe)["total_min"].sum())
+    fitted, cuts, table = plan.fit(given, probe, before / 2)
+    again = plan.estimate(fitted, plan.Probe(probe.forward_s, 0.4, 64, 3.0, plan.image_counts(fitted), 21))
+    after = float(again["total_min"].sum())
+    assert after == pytest.approx(float(table["total_min"].sum())) and after <= before / 2
+    order = [key for key, _, _ in plan.SHRINKS]
+    assert [order.index(c["key"]) for c in cuts] == sorted(order.index(c["key"]) for c in cuts)
+    assert all(a["estimate_min"] > b["estimate_min"] for a, b in zip(cuts, cuts[1:]))
+    changed = {k for k, v in _flat(fitted.to_dict()).items() if _flat(given.to_dict())[k] != v}
+    assert changed - {"bench.min_trials"} == {c["key"] for c in cuts}
+    assert fitted.bench.trials >= 5  # the trial-level intervals' minimum
+    same, none, _ = plan.fit(given, probe, before * 2)
+    assert none == [] and same.to_dict() == given.to_dict()
+    least, every, t = plan.fit(given, probe, 0.1)
+    assert "does not fit" in plan.describe_fit(0.1, before, every, float(t["total_min"].sum()))
+    assert (least.bench.trials, least.data.max_test_images, least.prune.finetune_epochs) == (5, plan.MIN_TEST_IMAGES, 3)
+    assert fitted.data.max_test_images is None or fitted.data.max_test_images >= plan.MIN_TEST_IMAGES
+
+
 def test_plan_command_prints_what_will_run_and_how_long(tmp_path):
-    out = run_cli(["plan", "--params", "params/smoke.yaml", "--notebooks", "00,01,02"], tmp_path).stdout
+    fitted = tmp_path / "fitted.yaml"
+    out = run_cli(["plan", "--params", "params/smoke.yaml", "--notebooks", "00,01,02", "--budget-minutes", "0.5",
+                   "--write", str(fitted)], tmp_path).stdout
     for nb in ("00_data_and_model", "01_baseline", "02_onnx_and_compilers"):
         assert f"run  {nb}" in out
     assert "Estimated" in out and "eager FP32 batch 1:" in out and "03_fp16_bf16" not in out.split("Probe")[0]
+    assert "Budget 0.5 min: estimated" in out
+    assert "onnx.compare_optimization_levels: True -> False" in out  # smoke compares the levels; 02 measures them
+    from optlib.core.params import load_params
+
+    p = load_params(fitted)  # the params that fit, a params file `optlib run --params` takes
+    assert p.target == "smoke" and p.onnx.compare_optimization_levels is False
+    assert "cut:" in fitted.read_text().splitlines()[0]

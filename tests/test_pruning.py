@@ -177,6 +177,36 @@ def test_finetune_freezes_once_at_the_named_epoch_and_scales_the_rate():
         FineTuneRecipe(1, 0.01, "linear")
 
 
+def test_finetune_limits_images_and_steps_and_the_schedule_spans_the_steps():
+    """finetune.train_images: every epoch sees that many images, the same ones for a seed; max_steps:
+    that many optimizer steps in all (batches counted by a hook on the model), the cosine schedule
+    reaching zero at the last of them; both from the params into the recipe the records carry."""
+    ds = load_dataset(from_dict({"data": {"image_size": 16, "max_test_images": 10}}))
+    spec = PreprocessSpec(16, [0.5], [0.5], grayscale_to_rgb=True)
+    seen = []
+
+    def run(recipe):
+        seen.clear()
+        model = build_model("torchvision:resnet18", 10)
+        model.register_forward_hook(lambda m, x, out: seen.append(x[0].detach().clone()) if m.training else None)
+        return finetune(model, ds, spec, recipe, progress=False)
+
+    hist = run(FineTuneRecipe(2, 0.01, "constant", batch_size=32, train_images=100))
+    assert len(hist) == 2 and [len(b) for b in seen] == [32, 32, 32, 4] * 2
+    first = torch.cat(seen[:4]).sum(dim=(1, 2, 3)).sort().values  # augmentation shifts keep each image's sum
+    run(FineTuneRecipe(2, 0.01, "constant", batch_size=32, train_images=100))
+    assert torch.allclose(first, torch.cat(seen[:4]).sum(dim=(1, 2, 3)).sort().values, rtol=1e-4)
+    hist = run(FineTuneRecipe(5, 0.01, "cosine", batch_size=64, max_steps=7))
+    assert len(seen) == 7 and hist[-1]["lr_end"] == pytest.approx(0.0, abs=1e-12)
+    steps_per_epoch = -(-len(ds.train) // 64)
+    assert len(hist) == -(-7 // steps_per_epoch)
+    p = from_dict({"finetune": {"train_images": 100, "max_steps": 7}})
+    r = FineTuneRecipe.from_params(p, 3)
+    assert (r.train_images, r.max_steps) == (100, 7) and r.to_dict()["max_steps"] == 7
+    with pytest.raises(ParamsError, match="'finetune.train_images'"):
+        from_dict({"finetune": {"train_images": 1}})
+
+
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
 def test_distillation_loss_is_hintons_softened_divergence(temperature):
     """Against numpy: softmax, KL(teacher || student) of the softened distributions times T^2 (per

@@ -288,6 +288,11 @@ class FineTuneParams(_Traced):
     schedule: str = choice("cosine", C.SCHEDULES)
     batch_size: int | None = at_least(None, 1)  # None: train.batch_size
     seed: int = 0
+    # Limits for a model at its real size (docs/runs.md), in every record's recipe: the first
+    # train_images of a permutation of the training side seeded by `seed` (None: all), and at most
+    # max_steps optimizer steps per fine-tuning in all (None: every epoch's).
+    train_images: int | None = at_least(None, 2)
+    max_steps: int | None = at_least(None, 1)
 
 
 @dataclass

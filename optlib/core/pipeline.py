@@ -194,7 +194,7 @@ def plan(params: Params, notebooks: list[Path], force: set[str] | bool = False) 
         why = runstate.changes(runstate.read_manifest(params.target, nb.stem), inputs, params, params.target)
         rerun_deps = [d for d in deps if d in will_run]
         if rerun_deps:
-            why.append(f"{', '.join(rerun_deps)} {'runs' if len(rerun_deps) == 1 else 'run'} again first")
+            why.append(f"{', '.join(rerun_deps)} {'runs' if len(rerun_deps) == 1 else 'run'} first")
         if force is True or (force and any(nb.stem.startswith(f) for f in force)):
             why.insert(0, "--force")
         if why:

@@ -13,6 +13,7 @@ runtimes) are what the estimate is checked against (docs/runs.md: planned agains
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -186,9 +187,23 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
                            "epochs": 0, "conversions": EXPORT_FORWARDS * 2 + COMPILE_FORWARDS * int(q.pt2e)}
     study = len(q.methods) * len(q.study_sizes) * len(q.study_seeds) if calibrates else 0
     work["04b_int8_studies"] = {"configurations": 0, "evaluations": study, "epochs": 0, "conversions": EXPORT_FORWARDS}
-    work["05_int8_qat"] = {"configurations": 3 if calibrates else 2, "evaluations": 3, "epochs": 1.5 * q.qat_epochs * calibrates,
+    f = P.finetune
+    ft_images = min(p.images["train"], f.train_images or p.images["train"])
+    ft_batch = f.batch_size or P.train.batch_size
+
+    def ft(epochs: float) -> float:  # one fine-tuning (finetune.train_images, max_steps), in epochs of the training side
+        if not p.images["train"]:
+            return 0.0
+        steps = epochs * math.ceil(ft_images / ft_batch)
+        return (steps if f.max_steps is None else min(steps, f.max_steps)) / math.ceil(p.images["train"] / ft_batch)
+
+    work["05_int8_qat"] = {"configurations": 3 if calibrates else 2, "evaluations": 3, "epochs": 1.5 * ft(q.qat_epochs),
                            "conversions": EXPORT_FORWARDS}
-    structured = len(pr.criteria) * len(pr.scopes) * len(pr.ratios)
+    # as PruningStudy.structured_sweep plans them: every criterion per layer, the first globally
+    swept = (pr.ratios * len(pr.criteria) if "layer" in pr.scopes else []) + (pr.ratios if "global" in pr.scopes else [])
+    if pr.measure_unrounded and pr.round_to is not None:
+        swept += [pr.unrounded_ratio] * (1 if "layer" in pr.scopes and pr.unrounded_ratio in pr.ratios else 2)
+    structured = len(swept)
     iterative = pr.iterative_steps > 1
     step_epochs = pr.finetune_epochs if pr.step_finetune_epochs is None else pr.step_finetune_epochs
 
@@ -197,11 +212,12 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
 
     tuned = 0.0
     if calibrates:  # in epochs of the unpruned model
-        tuned = (len(pr.criteria) * len(pr.scopes) * sum(share(r) for r in pr.ratios) * pr.finetune_epochs
-                 + pr.unstructured_finetune_epochs + (pr.finetune_epochs if pr.dense_control else 0))
+        series = len(pr.sparsities) if "l1" in pr.unstructured_criteria and "global" in pr.unstructured_scopes else 0
+        tuned = (sum(share(r) for r in swept) * ft(pr.finetune_epochs) + series * ft(pr.unstructured_finetune_epochs)
+                 + (ft(pr.finetune_epochs) if pr.dense_control else 0))
         if iterative:
             ratios = [pr.iterative_ratio * k / pr.iterative_steps for k in range(1, pr.iterative_steps + 1)]
-            tuned += sum(share(r) * step_epochs for r in ratios[:-1]) + share(ratios[-1]) * pr.finetune_epochs
+            tuned += sum(share(r) * ft(step_epochs) for r in ratios[:-1]) + share(ratios[-1]) * ft(pr.finetune_epochs)
     backends = 2 + int(pr.int8) * (1 + len(pr.ort_threads)) + int(pr.int8)  # eager, ORT FP32, ORT / OpenVINO INT8
     measured_models = min(2, structured) + int(iterative) + int(pr.dense_control)
     unstructured = len(pr.unstructured_criteria) * len(pr.unstructured_scopes) * len(pr.sparsities)
@@ -256,3 +272,123 @@ def describe(params: Params, p: Probe, table: pd.DataFrame) -> str:
             + ".\nWhat shortens each term: measuring, bench.block_seconds or fewer bench.trials / bench.batch_sizes; "
               "evaluating, data.max_test_images or a smaller pool; training, prune.finetune_epochs, quant.qat_epochs "
               "or fewer prune.ratios; memory children, bench.memory: false; chapter 08, memory.batch_sizes.")
+
+
+# --- a run budget: shrink what can shrink until the estimate fits --------------------------------
+
+MIN_TEST_IMAGES = 1000  # below this a 0.5-point accuracy change is not resolved even with nothing changed
+MIN_POOL_IMAGES = 500  # a generated pool is halved down to this, never below
+MIN_FINETUNE_IMAGES = 1000  # fine-tuning (QAT, pruning, the dense control) on at least this many training images
+
+
+def _halve_to(floor: int):
+    return lambda v, d: max(floor, v // 2) if v > floor else None
+
+
+def _first(v, d):
+    return v[:1] if len(v) > 1 else None
+
+
+def _middle(v, d):
+    return [v[len(v) // 2]] if len(v) > 1 else None
+
+
+def _off(v, d):
+    return False if v else None
+
+
+def _test_images(v, d):
+    n = v if v is not None else image_counts(_params_from(d))["test"]
+    return max(MIN_TEST_IMAGES, n // 2) if n > MIN_TEST_IMAGES else None
+
+
+def _step_epochs(v, d):
+    n = d["prune"]["finetune_epochs"] if v is None else v  # None: as many as after the last step
+    return max(1, n // 2) if n > 1 else None
+
+
+def _finetune_images(v, d):
+    n = v if v is not None else image_counts(_params_from(d))["train"]
+    return max(MIN_FINETUNE_IMAGES, n // 2) if n > MIN_FINETUNE_IMAGES else None
+
+
+# In order: what a study loses least first (a second look, a repeat, a sweep point), the accuracy
+# claims last (the images decide whether a change is resolved). Each entry: the key, the next value
+# from the current one (None: nothing left to cut there), and what the cut costs the study.
+SHRINKS = [
+    ("comparison.fresh_processes", _halve_to(1), "one fresh process for the noise floor between runs"),
+    ("onnx.compare_optimization_levels", _off, "ONNX Runtime at its fastest level only"),
+    ("compilers.measure_cold_start", _off, "no cold-cache compile time"),
+    ("precision.channels_last", _off, "no channels_last variants in 03"),
+    ("quant.compare_formats", _off, "no QOperator / per-tensor / s8s8 formats in 04"),
+    ("quant.study_seeds", _first, "one calibration seed in 04b"),
+    ("quant.study_sizes", lambda v, d: v[-1:] if len(v) > 1 else None, "one calibration size in 04b"),
+    ("prune.dense_control", _off, "no dense control in 06"),
+    ("prune.sparsities", _middle, "one unstructured sparsity"),
+    ("prune.unstructured_criteria", _first, "one unstructured criterion"),
+    ("prune.criteria", _first, "one structured criterion"),
+    ("prune.ratios", _first, "one one-shot structured ratio"),
+    ("bench.trials", lambda v, d: v - 1 if v > 5 else None, "wider latency intervals (5 trials at least)"),
+    ("memory.precisions", _first, "training memory in one precision"),
+    ("memory.batch_sizes", _first, "training memory at one batch size"),
+    ("comparison.max_finalists", _halve_to(4), "fewer finalists"),
+    ("finetune.train_images", _finetune_images, "fine-tuning on fewer training images"),
+    ("prune.step_finetune_epochs", _step_epochs, "shorter fine-tuning between pruning steps"),
+    ("prune.finetune_epochs", _halve_to(3), "shorter fine-tuning of the pruned models (accuracy may drop)"),
+    ("quant.qat_epochs", _halve_to(1), "shorter QAT"),
+    ("bench.batch_sizes", lambda v, d: [min(v)] if len(v) > 1 else None, "no throughput at larger batches"),
+    ("data.fidelity_pool_images", _halve_to(MIN_POOL_IMAGES), "a smaller label-free pool (weaker fidelity bounds)"),
+    ("data.max_test_images", _test_images, "fewer evaluated images (wider accuracy intervals)"),
+]
+
+
+def _params_from(d: dict) -> Params:
+    from ..core.params import from_dict
+
+    return from_dict(d, "<plan>")
+
+
+def fit(params: Params, p: Probe, budget_min: float, notebooks: list[str] | None = None
+        ) -> tuple[Params, list[dict], pd.DataFrame]:
+    """Params whose estimate fits `budget_min`, the cuts made (in SHRINKS order, each as often as it
+    helps: key, from, to, what it costs, the estimate after it) and the final estimate. Params
+    already within the budget come back unchanged; when every cut is made and the estimate is still
+    over, the last cut's params come back (the caller says it does not fit)."""
+    def total(q: Params) -> tuple[float, pd.DataFrame]:
+        table = estimate(q, dataclasses.replace(p, images=image_counts(q)), notebooks)
+        return float(table["total_min"].sum()), table
+
+    minutes, table = total(params)
+    d, cuts = params.to_dict(), []
+    for key, step, cost in SHRINKS:
+        section, name = key.split(".")
+        while minutes > budget_min:
+            new = step(d[section][name], d)
+            if new is None:
+                break
+            trial = {**d, section: {**d[section], name: new}}
+            if key == "bench.trials":
+                trial["bench"]["min_trials"] = min(trial["bench"]["min_trials"], new)
+            q = _params_from(trial)
+            after, q_table = total(q)
+            if after >= minutes:  # this cut saves nothing for these chapters
+                break
+            if cuts and cuts[-1]["key"] == key:  # a cut made again: one entry, from the first value
+                cuts[-1].update(to=new, estimate_min=after)
+            else:
+                cuts.append({"key": key, "from": d[section][name], "to": new, "costs": cost, "estimate_min": after})
+            d, params, minutes, table = trial, q, after, q_table
+    return params, cuts, table
+
+
+def describe_fit(budget_min: float, before_min: float, cuts: list[dict], after_min: float) -> str:
+    """The cuts in words, and whether the run fits."""
+    if not cuts:
+        return f"Within the budget of {budget_min:g} min as it is ({before_min:.0f} min): nothing cut."
+    lines = [f"Budget {budget_min:g} min: estimated {before_min:.0f} min as given, {after_min:.0f} min after "
+             f"{len(cuts)} cut(s):"]
+    lines += [f"  {c['key']}: {c['from']} -> {c['to']} ({c['costs']}; {c['estimate_min']:.0f} min)" for c in cuts]
+    if after_min > budget_min:
+        lines.append(f"It still does not fit: {after_min:.0f} min with every cut; raise the budget, run fewer "
+                     "chapters (--notebooks), or a smaller image size or model.")
+    return "\n".join(lines)

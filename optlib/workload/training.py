@@ -35,12 +35,16 @@ class FineTuneRecipe:
     lr_after_freeze: float = 1.0  # multiplies the scheduled rate from freeze_at on
     distill: float = 0.0  # weight of the distillation loss against a teacher (0: labels only, 1: teacher only)
     temperature: float = 1.0  # the distillation's softening temperature
+    train_images: int | None = None  # the first this many of a permutation of the training side seeded by `seed`
+    max_steps: int | None = None  # optimizer steps in all (the schedule spans them); None: every epoch's
 
     def __post_init__(self):
         check_choice("finetune.schedule", self.schedule, SCHEDULES)
-        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or not 0 <= self.distill <= 1 or self.temperature <= 0:
-            raise ValueError(f"fine-tune recipe needs epochs >= 0, lr > 0, batch_size >= 1, 0 <= distill <= 1 and "
-                             f"temperature > 0, got {self}")
+        if (self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or not 0 <= self.distill <= 1 or self.temperature <= 0
+                or (self.train_images is not None and self.train_images < 2)
+                or (self.max_steps is not None and self.max_steps < 1)):
+            raise ValueError(f"fine-tune recipe needs epochs >= 0, lr > 0, batch_size >= 1, 0 <= distill <= 1, "
+                             f"temperature > 0, train_images >= 2 and max_steps >= 1 (or None), got {self}")
 
     @classmethod
     def from_params(cls, params, epochs: int, **overrides) -> "FineTuneRecipe":
@@ -48,7 +52,8 @@ class FineTuneRecipe:
         for `epochs` epochs."""
         f = params.finetune
         kw = dict(epochs=epochs, lr=params.train.lr * f.lr_scale, schedule=f.schedule,
-                  batch_size=f.batch_size or params.train.batch_size, seed=f.seed)
+                  batch_size=f.batch_size or params.train.batch_size, seed=f.seed, train_images=f.train_images,
+                  max_steps=f.max_steps)
         return cls(**{**kw, **overrides})
 
     def to_dict(self) -> dict:
@@ -84,11 +89,18 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
         raise ValueError("training needs the training side: set data.train_root (the evaluated images are never used)")
     outputs = outputs or Outputs.for_data(None, dataset.class_names, None)
     _seed_everything(recipe.seed)
-    x = preprocess(dataset.train.images, spec)
-    y = torch.from_numpy(dataset.train.labels)
+    images, labels = dataset.train.images, dataset.train.labels
+    if recipe.train_images is not None and recipe.train_images < len(images):
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(recipe.seed))[:recipe.train_images]
+        images, labels = [images[i] for i in keep.tolist()], labels[keep.numpy()]
+    x = preprocess(images, spec)
+    y = torch.from_numpy(labels)
     bs = recipe.batch_size
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True)
     steps = max(1, recipe.epochs * ((len(x) + bs - 1) // bs))
+    if recipe.max_steps is not None:
+        steps = min(steps, recipe.max_steps)
+    done = 0
     sched = _scheduler(opt, recipe, steps)
     g = torch.Generator().manual_seed(recipe.seed)
     history = []
@@ -98,6 +110,8 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
     model.train()
     frozen = False
     for epoch in tqdm(range(recipe.epochs), desc=desc, disable=not progress):
+        if done >= steps and recipe.max_steps is not None:
+            break
         if recipe.freeze_at is not None and epoch + 1 >= recipe.freeze_at and not frozen:
             if on_freeze is not None:
                 on_freeze(model)
@@ -109,6 +123,8 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
             idx = perm[i:i + bs]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
+            if recipe.max_steps is not None and done >= steps:
+                break
             xb, yb = x[idx], y[idx]
             # Light augmentation: random shifts of up to 1/8 of the image.
             shift = spec.image_size // 8
@@ -131,6 +147,7 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
             else:
                 opt.step()
             sched.step()
+            done += 1
             loss_sum += loss.item() * len(idx)
             correct += int((outputs.train_predictions(out) == yb).sum())
             total += len(idx)
