@@ -59,9 +59,9 @@ def choose_finalists(records: list[Record], device: str, max_accuracy_drop: floa
     speed-up against pytorch-fp32 whose verdict is within: measurement.verdict.within_budget);
     `named` (comparison.finalists); each chapter's fastest against pytorch-fp32 in its own run,
     fastest first, until `limit`, if it beat pytorch-fp32 there (CPU chapter 07's QDQ graph on
-    ONNX Runtime, 0.76x on 2026-12-06, cost the round a minute and told nothing); with `factorial`, the cells of `factorial_design` (beyond
-    `limit`: the design needs them all). ValueError naming comparison.finalists for a name that is
-    not a candidate."""
+    ONNX Runtime, 0.76x on 2026-12-06, cost the round a minute and told nothing); with
+    `factorial`, the cells of `factorial_design` (beyond `limit`: the design needs them all).
+    ValueError naming comparison.finalists for a name that is not a candidate."""
     left_out: dict[str, str] = {}
     candidates: dict[str, Record] = {}
     for r in records:

@@ -110,7 +110,7 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
     model.train()
     frozen = False
     for epoch in tqdm(range(recipe.epochs), desc=desc, disable=not progress):
-        if done >= steps and recipe.max_steps is not None:
+        if done >= steps:  # max_steps reached (without it, steps counts every batch of every epoch)
             break
         if recipe.freeze_at is not None and epoch + 1 >= recipe.freeze_at and not frozen:
             if on_freeze is not None:
@@ -123,7 +123,7 @@ def finetune(model: nn.Module, dataset: Dataset, spec: PreprocessSpec, recipe: F
             idx = perm[i:i + bs]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
-            if recipe.max_steps is not None and done >= steps:
+            if done >= steps:
                 break
             xb, yb = x[idx], y[idx]
             # Light augmentation: random shifts of up to 1/8 of the image.
