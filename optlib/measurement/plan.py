@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.params import BenchParams, Params
+from ..core.params import BenchParams, Params, from_dict
 from . import timing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
@@ -298,7 +298,7 @@ def _off(v, d):
 
 
 def _test_images(v, d):
-    n = v if v is not None else image_counts(_params_from(d))["test"]
+    n = v if v is not None else image_counts(from_dict(d, "<plan>"))["test"]
     return max(MIN_TEST_IMAGES, n // 2) if n > MIN_TEST_IMAGES else None
 
 
@@ -308,7 +308,7 @@ def _step_epochs(v, d):
 
 
 def _finetune_images(v, d):
-    n = v if v is not None else image_counts(_params_from(d))["train"]
+    n = v if v is not None else image_counts(from_dict(d, "<plan>"))["train"]
     return max(MIN_FINETUNE_IMAGES, n // 2) if n > MIN_FINETUNE_IMAGES else None
 
 
@@ -342,12 +342,6 @@ SHRINKS = [
 ]
 
 
-def _params_from(d: dict) -> Params:
-    from ..core.params import from_dict
-
-    return from_dict(d, "<plan>")
-
-
 def fit(params: Params, p: Probe, budget_min: float, notebooks: list[str] | None = None
         ) -> tuple[Params, list[dict], pd.DataFrame]:
     """Params whose estimate fits `budget_min`, the cuts made (in SHRINKS order, each as often as it
@@ -369,7 +363,7 @@ def fit(params: Params, p: Probe, budget_min: float, notebooks: list[str] | None
             trial = {**d, section: {**d[section], name: new}}
             if key == "bench.trials":
                 trial["bench"]["min_trials"] = min(trial["bench"]["min_trials"], new)
-            q = _params_from(trial)
+            q = from_dict(trial, "<plan>")
             after, q_table = total(q)
             if after >= minutes:  # this cut saves nothing for these chapters
                 break
