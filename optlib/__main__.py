@@ -1,7 +1,8 @@
 """Command line: python -m optlib run | summary | report | export-best | example.
 
   python -m optlib run --target cpu [--notebooks 00,01] [--params FILE] [--force [00,03]] [--dry-run]
-  python -m optlib plan --params FILE [--notebooks 00,01]   # what will run and how long, from a probe of the model
+  python -m optlib plan --params FILE [--notebooks 00,01] [--budget-minutes N [--write FILE]]   # what will run, how long
+  python -m optlib run --params FILE --budget-minutes N   # the plan cut to fit N minutes first, then the run
   python -m optlib run --targets cpu,edge --cluster local|ADDRESS   # each target a Ray task (core.cluster)
   python -m optlib summary --target cpu --format table|json|csv
   python -m optlib report --target cpu
@@ -70,11 +71,17 @@ def cmd_run(args) -> int:
         params.target = args.target
     print(f"[optlib] target {params.target!r} from {path}; outputs in {paths.target_dir(params.target)}")
     if args.dry_run:
-        from .core.pipeline import list_notebooks, plan
-
-        for nb, why in plan(params, list_notebooks(selection), _force(args.force)):
-            print(f"  {'run' if why else 'skip':4s} {nb.stem:28s} {'; '.join(why) if why else 'unchanged'}")
+        _chapters_to_run(params, args)
         return 0
+    if args.budget_minutes is not None:
+        # the plan first: cut what can be cut to fit, keep the fitted params beside the outputs, run those
+        from .measurement.plan import probe
+
+        running = _chapters_to_run(params, args)
+        if running:
+            fitted = paths.target_dir(params.target) / "params.fitted.yaml"
+            params, table, _ = _fit(params, path, args.budget_minutes, running, probe(params), str(fitted))
+            print(f"[optlib] estimate {float(table['total_min'].sum()):.0f} min; running with the fitted params")
     t0 = time.perf_counter()
     try:
         runs = run_notebooks(params, selection, _force(args.force))
@@ -89,42 +96,61 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
-    """What `run` would do with these params, and how long each chapter should take: a probe of the
-    model in eager FP32 priced by measurement.plan's cost model."""
+def _fit(params, path: str, budget_minutes: float, running: list[str], probe_result, write: str | None):
+    """Params cut to fit `budget_minutes` for the chapters `running` (measurement.plan.fit), the cuts
+    printed, and written to `write` with the cuts in the file's first lines. Returns the params and
+    the fitted estimate."""
     import dataclasses
     from datetime import date
 
-    import pandas as pd
     import yaml
 
     from .core.io import write_text_atomic
-    from .core.pipeline import list_notebooks, plan, resolve_params
-    from .measurement.plan import describe, describe_fit, estimate, fit, image_counts, probe
+    from .measurement.plan import describe_fit, estimate, fit, image_counts
+
+    before = float(estimate(params, probe_result, running)["total_min"].sum())
+    params, cuts, table = fit(params, probe_result, budget_minutes, running)
+    print(describe_fit(budget_minutes, before, cuts, float(table["total_min"].sum())))
+    if write:
+        note = "".join(f"#   {c['key']}: {c['from']} -> {c['to']} ({c['costs']})\n" for c in cuts) or "#   nothing\n"
+        out = write_text_atomic(f"# {path} fitted to {budget_minutes:g} min by `optlib` on {date.today()}; "
+                                f"cut:\n{note}" + yaml.safe_dump(params.to_dict(), sort_keys=False), write)
+        print(f"[optlib] params that fit written to {out}")
+    return params, table, dataclasses.replace(probe_result, images=image_counts(params))
+
+
+def _chapters_to_run(params, args) -> list[str]:
+    """What `run` would do with these params (printed), and the chapters it would run."""
+    from .core.pipeline import list_notebooks, plan
+
+    selection = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
+    todo = plan(params, list_notebooks(selection), _force(args.force))
+    for nb, why in todo:
+        print(f"  {'run' if why else 'skip':4s} {nb.stem:28s} {'; '.join(why) if why else 'unchanged'}")
+    return [nb.stem for nb, why in todo if why]
+
+
+def cmd_plan(args) -> int:
+    """What `run` would do with these params, and how long each chapter should take: a probe of the
+    model in eager FP32 priced by measurement.plan's cost model."""
+    import pandas as pd
+
+    from .core.pipeline import resolve_params
+    from .measurement.plan import describe, estimate, probe
 
     if args.write and args.budget_minutes is None:
         raise SystemExit("optlib plan: --write FILE writes the params fitted to --budget-minutes; give both")
     params, path = resolve_params(args.target, args.params)
-    selection = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
-    todo = plan(params, list_notebooks(selection), _force(args.force))
     print(f"[optlib] plan for target {params.target!r} from {path}")
-    for nb, why in todo:
-        print(f"  {'run' if why else 'skip':4s} {nb.stem:28s} {'; '.join(why) if why else 'unchanged'}")
-    running = [nb.stem for nb, why in todo if why]
+    running = _chapters_to_run(params, args)
     if not running:
         return 0
     p = probe(params)
     table = estimate(params, p, running)
     if args.budget_minutes is not None:
-        before = float(table["total_min"].sum())
-        params, cuts, table = fit(params, p, args.budget_minutes, running)
-        p = dataclasses.replace(p, images=image_counts(params))
-        print(describe_fit(args.budget_minutes, before, cuts, float(table["total_min"].sum())))
+        params, table, p = _fit(params, path, args.budget_minutes, running, p, args.write)
         if args.write:
-            note = "".join(f"#   {c['key']}: {c['from']} -> {c['to']} ({c['costs']})\n" for c in cuts) or "#   nothing\n"
-            out = write_text_atomic(f"# {path} fitted to {args.budget_minutes:g} min by `optlib plan` on {date.today()}; "
-                                    f"cut:\n{note}" + yaml.safe_dump(params.to_dict(), sort_keys=False), args.write)
-            print(f"[optlib] params that fit written to {out}: `optlib run --params {out}`")
+            print(f"[optlib] run them: `optlib run --params {args.write}`")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.1f}".format):
         print(table)
     print(describe(params, p, table))
@@ -194,9 +220,11 @@ def main(argv=None) -> int:
             p.add_argument("--notebooks", default=None, help="comma-separated numbers or names, e.g. 00,01")
             p.add_argument("--force", nargs="?", const="*", default=None, metavar="NOTEBOOKS",
                            help="rerun chapters whose inputs are unchanged: all selected, or those named (00,03)")
-        if name == "plan":
             p.add_argument("--budget-minutes", type=float, default=None,
-                           help="cut what can be cut (SHRINKS in optlib/measurement/plan.py) until the estimate fits")
+                           help="cut what can be cut (SHRINKS in optlib/measurement/plan.py) until the estimate fits"
+                           + ("" if name == "plan" else "; run with those params (saved as "
+                                                          "outputs/<target>/params.fitted.yaml)"))
+        if name == "plan":
             p.add_argument("--write", default=None, metavar="FILE", help="with --budget-minutes: the params that fit")
         if name == "run":
             p.add_argument("--dry-run", action="store_true", help="say which chapters would run and why; run none")

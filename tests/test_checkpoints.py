@@ -10,6 +10,20 @@ def _same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_seeded_model_starts_from_the_same_weights_whatever_the_generator_held():
+    """torch seeds its generator from the OS at import (torch.seed() does the same here): the default
+    model, trained by chapter 00 from build_model(..., seed=train.seed), starts from the same weights
+    in every process, and from other weights with another seed."""
+    arch = "optlib.workload.example:binary_head_net"
+    torch.seed()
+    a = build_model(arch, 1, seed=0)
+    torch.seed()
+    b = build_model(arch, 1, seed=0)
+    torch.seed()
+    assert _same_weights(a, b) and not _same_weights(a, build_model(arch, 1, seed=1))
+    assert not _same_weights(a, build_model(arch, 1))  # unseeded: whatever the OS gave
+
+
 def test_plain_state_dict(tmp_path):
     src = tiny_resnet()
     p = tmp_path / "m.pt"

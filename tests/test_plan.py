@@ -139,3 +139,28 @@ def test_plan_command_prints_what_will_run_and_how_long(tmp_path):
     p = load_params(fitted)  # the params that fit, a params file `optlib run --params` takes
     assert p.target == "smoke" and p.onnx.compare_optimization_levels is False
     assert "cut:" in fitted.read_text().splitlines()[0]
+
+
+def test_run_with_a_budget_runs_the_params_that_fit_and_keeps_them(tmp_path, monkeypatch, capsys):
+    """`optlib run --budget-minutes N`: the plan first (a probe of a 3 ms model here), then the run
+    with the params cut to fit, which are kept as outputs/<target>/params.fitted.yaml; the run gets
+    exactly those params and every cut is printed before it starts."""
+    import optlib.__main__ as cli
+    import optlib.core.pipeline as pipeline
+    from optlib.core import paths
+    from optlib.core.params import load_params
+
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
+    given = load_params(paths.PARAMS_DIR / "cpu.yaml")
+    probe = plan.Probe({1: 0.003, 32: 0.06, 64: 0.12}, 0.4, 64, 3.0, plan.image_counts(given), 21)
+    monkeypatch.setattr(plan, "probe", lambda params: probe)
+    ran = []
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda params, selection, force: ran.append(params) or [])
+    budget = round(float(plan.estimate(given, probe)["total_min"].sum()) / 2, 1)
+    assert cli.main(["run", "--params", str(paths.PARAMS_DIR / "cpu.yaml"), "--budget-minutes", f"{budget:g}"]) == 0
+    out = capsys.readouterr().out
+    kept = load_params(paths.target_dir("cpu") / "params.fitted.yaml")
+    assert len(ran) == 1 and ran[0].to_dict() == kept.to_dict() != given.to_dict()
+    assert f"Budget {budget:g} min" in out and out.index("cut(s):") < out.index("running with the fitted params")
+    again = plan.estimate(kept, plan.Probe(probe.forward_s, 0.4, 64, 3.0, plan.image_counts(kept), 21))
+    assert float(again["total_min"].sum()) <= budget

@@ -52,10 +52,14 @@ class ModelInfo:
         return asdict(self)
 
 
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    """'torchvision:<name>' (random init, no download) or 'package.module:function'."""
+def build_model(arch: str, num_classes: int, seed: int | None = None) -> nn.Module:
+    """'torchvision:<name>' (random init, no download) or 'package.module:function'. With `seed`,
+    the initial weights are drawn from it: torch seeds its generator from the OS at import, so
+    without one two processes start a model from different weights."""
     if ":" not in arch:
         raise ValueError(f"model.arch: {arch!r} must be 'torchvision:<name>' or 'package.module:function'")
+    if seed is not None:
+        torch.manual_seed(seed)
     module_name, fn_name = arch.split(":", 1)
     if module_name == "torchvision":
         import torchvision
@@ -367,7 +371,7 @@ def load_model(params: Params, dataset: Dataset, progress: bool = True) -> tuple
     """
     outputs = model_outputs(params, dataset)
     num_classes = outputs.logits_per_image
-    model = build_model(params.model.arch, num_classes)
+    model = build_model(params.model.arch, num_classes, seed=params.train.seed)  # the default model: reproducible
     if params.model.checkpoint is not None:
         info = load_checkpoint_into(model, params.model.checkpoint, params.model.checkpoint_prefix,
                                     params.model.trust_checkpoint)
