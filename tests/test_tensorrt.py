@@ -261,3 +261,38 @@ def test_telemetry_is_absent_without_nvml_and_sampled_per_gpu_block():
                       telemetry=lambda: gt.Sampler(lambda: gt.Reading(10, 1, 5), interval_s=0), telemetry_out=out)
     assert list(out) == [4] and list(out[4]) == ["gpu"] and len(out[4]["gpu"]) == 2
     assert all(t.images == 5 * 4 for t in out[4]["gpu"])  # max(5, 8 // 4) batches of 4 per block
+
+
+def test_an_engine_build_that_crashes_costs_its_configuration_only(tmp_path, monkeypatch):
+    """TensorRT's builder is native code: chapter 07 builds each engine in a child first. A stand-in
+    `tensorrt` (on PYTHONPATH, so only children see it) whose Builder kills its process with SIGSEGV:
+    the engine's record is `failed` naming the signal and the step, the notebook's process never
+    built it, and the chapter goes on to the other GPU configurations' skip records."""
+    from optlib.chapter import Chapter
+    from optlib.chapters import tensorrt as chapter07
+    from optlib.results.records import load_records
+    from optlib.workload.data import PreprocessSpec
+
+    fake = tmp_path / "fake" / "tensorrt"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os, signal\n__version__ = '10.13.0'\n"
+        "class Logger:\n    WARNING = 2\n    def __init__(self, level):\n        pass\n"
+        "def Builder(logger):\n    os.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path / "out"))
+    graph = tmp_path / "model.onnx"
+    onnx.save(_qdq_graph(0, True), graph)
+    params = from_dict({"target": "trt-crash", "data": {"image_size": 8}, "tensorrt": {"precisions": ["fp32"]}})
+    dataset = types.SimpleNamespace(test=types.SimpleNamespace(images=[np.zeros((8, 8), np.uint8)]))
+    ch = Chapter(params, "07_tensorrt", dataset, None, None, PreprocessSpec.from_params(params.data), None)
+    setup = chapter07.Setup(qo.Fp32Graphs({"model": graph}, None, tmp_path, 0.0), None, None,
+                            trt_tools.profile_shapes([1, 4], 8), {"tensorrt": None, "gpu": "fake GPU",
+                                                                  "torch_tensorrt": "not here", "cuda": None})
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert chapter07.gpu_runners(ch, setup) == [] and "tensorrt" not in sys.modules
+    records = {r.name: r for r in load_records("trt-crash")}
+    assert records["tensorrt-fp32"].status == "failed"
+    assert records["tensorrt-fp32"].reason == "native crash (SIGSEGV) while building"
+    assert {n for n, r in records.items() if r.status == "skipped"} == {
+        "torch-tensorrt-fp32", "onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp32"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..backends.onnxruntime import OrtConfig, OrtRunner
 from ..backends.tensorrt import TensorRTRunner
@@ -77,7 +78,9 @@ def gpu_runners(ch, s: Setup) -> list:
         if reason is None and precision == "int8" and "int8" not in graphs:
             reason = s.skipped.get("onnxruntime-int8-trt-qdq", "no INT8 graph")
         if reason is None:
-            runner = ch.attempt(name, TECHNIQUE, "tensorrt", precision, _engine_runner, ch, s, precision, graphs)
+            # TensorRT's builder is native code that can crash: built and called once in a child first
+            runner = ch.attempt(name, TECHNIQUE, "tensorrt", precision, engine_runner, T, ch.spec, ch.artifacts_dir,
+                                s.graphs.out_dir, s.shapes, s.availability["gpu"] or "", precision, graphs, isolate=True)
             if runner is not None:
                 runners.append(runner)
             continue
@@ -115,24 +118,24 @@ def gpu_runners(ch, s: Setup) -> list:
     return runners
 
 
-def _engine_runner(ch, s: Setup, precision: str, graphs: dict):
+def engine_runner(T, spec, artifacts_dir, graphs_dir, shapes: dict, gpu: str, precision: str, graphs: dict):
     """Engines of the full graph and of its two stages (features, head: per-stage timing like the
-    other backends), each with the image profile's batch range."""
-    T = ch.params.tensorrt
+    other backends), each with the image profile's batch range. Every argument pickles (params
+    section, spec, paths, dicts): Chapter.attempt(isolate=True) builds it in a child first."""
     sources = graphs["int8"] if precision == "int8" else graphs["fp32"]
     if precision == "fp16":
-        sources = {part: fp16_graph(p, s.graphs.out_dir / f"{part}.fp16.onnx") for part, p in sources.items()}
-    cache = T.timing_cache or str(ch.artifacts_dir / "timing.cache")
+        sources = {part: fp16_graph(p, Path(graphs_dir) / f"{part}.fp16.onnx") for part, p in sources.items()}
+    cache = T.timing_cache or str(Path(artifacts_dir) / "timing.cache")
     builds = {part: trt_tools.build_engine(
-        p, ch.artifacts_dir / "engines", precision, shapes=trt_tools.graph_shapes(p, s.shapes),
+        p, Path(artifacts_dir) / "engines", precision, shapes=trt_tools.graph_shapes(p, shapes),
         workspace_bytes=int(T.workspace_gib * 2 ** 30), optimization_level=T.optimization_level, timing_cache=cache,
-        gpu=s.availability["gpu"] or "", part=part) for part, p in sources.items()}
+        gpu=gpu, part=part) for part, p in sources.items()}
     files = {"engine" if part == "model" else part: str(b.path) for part, b in builds.items()}
-    runner = TensorRTRunner(files["engine"], ch.spec, f"tensorrt-{precision}", precision,
-                                      features_path=files.get("features"), head_path=files.get("head"))
+    runner = TensorRTRunner(files["engine"], spec, f"tensorrt-{precision}", precision,
+                            features_path=files.get("features"), head_path=files.get("head"))
     model = builds["model"]
     artifact = Artifact("tensorrt", files, {"precision": precision, "key": model.key, "tensorrt": model.tensorrt},
-                        ch.spec.to_dict())
+                        spec.to_dict())
     return runner.annotate(size_bytes=model.size_bytes, artifact=artifact, one_time_cost_seconds={
         "engine build": sum(b.seconds for b in builds.values())}, tensorrt={
         part: trt_tools.describe_build(b) for part, b in builds.items()}, onnx_source=str(sources["model"]))

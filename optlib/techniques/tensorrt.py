@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.io import atomic_write, write_json_atomic
 from ..results.values import Artifact
 from ..workload.data import PreprocessSpec
 from .int8_onnx import StaticQuantConfig
@@ -264,7 +265,9 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
                  part: str = "model") -> EngineBuild:
     """Parse `onnx_path` (whose precision is in the graph), build a serialized engine with one
     optimisation profile for its input, save it under `out_dir/<precision>-<part>-<key>.engine`
-    (reused when the key matches), and reuse / update the timing cache file."""
+    (reused when the key matches: `seconds` is then the build's, kept beside the engine, and
+    details say it was reused), and reuse / update the timing cache file. The engine is written
+    whole or not at all: a build killed midway leaves nothing to reuse."""
     import tensorrt as trt
 
     path_kind = build_path(trt.__version__)
@@ -275,8 +278,10 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
     engine_path = out_dir / f"{precision}-{part}-{key}.engine"
     base = dict(key=key, build_path=path_kind, tensorrt=trt.__version__, shapes=shapes,
                 timing_cache=str(timing_cache) if timing_cache else None)
+    built = engine_path.with_suffix(".build.json")  # the build's seconds: a reused engine's one-time cost
     if engine_path.is_file():
-        return EngineBuild(engine_path, seconds=0.0, size_bytes=engine_path.stat().st_size,
+        seconds = json.loads(built.read_text())["seconds"] if built.is_file() else 0.0
+        return EngineBuild(engine_path, seconds=seconds, size_bytes=engine_path.stat().st_size,
                            details={"reused": True}, **base)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -303,7 +308,8 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
     seconds = time.perf_counter() - t0
     if plan is None:
         raise RuntimeError(f"TensorRT built no engine from {onnx_path} ({precision})")
-    engine_path.write_bytes(bytes(plan))
+    write_json_atomic({"seconds": seconds}, built)
+    atomic_write(engine_path, lambda tmp: Path(tmp).write_bytes(bytes(plan)))
     if cache is not None:
         Path(timing_cache).write_bytes(bytes(cache.serialize()))
     return EngineBuild(engine_path, seconds=seconds, size_bytes=engine_path.stat().st_size, details={"reused": False},
