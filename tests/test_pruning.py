@@ -349,3 +349,32 @@ def test_a_transformer_prunes_its_mlps_keeps_attention_fine_tunes_and_reloads(tm
     sess = OrtRunner(e.path, spec, config=OrtConfig(intra_op_threads=2)).session
     got = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
     assert np.abs(got - expected[:1]).max() < ox.FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("scopes, expect", [
+    # a global-only sweep (the cpu target): every global ratio is timed; on 2026-12-07 the 75% model,
+    # within the budget at 12x fewer MACs, was trained and never timed
+    (["global"], {"structured-l2-global-50": "ort", "structured-l2-global-75": "ort"}),
+    # a per-layer sweep: every per-layer ratio, the middle one on every backend, and the global
+    # threshold at the middle ratio only
+    (["layer", "global"], {"structured-l2-50": "all", "structured-l2-75": "ort", "structured-l2-global-50": "ort"}),
+])
+def test_chapter_06_times_every_ratio_of_its_sweep(scopes, expect):
+    from types import SimpleNamespace
+
+    from optlib.chapters.pruning import PrunedModel, PruningStudy
+
+    params = from_dict({"prune": {"criteria": ["l2", "taylor"], "scopes": scopes, "ratios": [0.5, 0.75],
+                                  "measure_unrounded": False, "iterative_steps": 0}})
+
+    def model(criterion, scope, ratio):
+        plan = pruning.StructuredPlan(criterion, ratio, scope, 8, 1, [])
+        return PrunedModel(f"structured-{plan.label()}", None, {"criterion": criterion, "scope": scope, "ratio": ratio,
+                                                                 "round_to": 8})
+
+    structured = {pm.label: pm for pm in (model(c, s, r) for c in ("l2", "taylor") for s in scopes
+                                          for r in (0.5, 0.75))}  # what the sweep trains
+    study = SimpleNamespace(params=params, runners=lambda pm, backends: [
+        (pm.label if pm else "unpruned", "all" if "pytorch" in backends else "ort")])
+    timed = dict(PruningStudy.measured_runners(study, None, structured, None, None))
+    assert timed == {"unpruned": "all", **expect}

@@ -332,10 +332,11 @@ class PruningStudy:
     def measured_runners(self, unstructured: PrunedModel | None, structured: dict[str, PrunedModel],
                          iterative: PrunedModel | None, control: PrunedModel | None) -> list:
         """What chapter 06 times side by side: the unpruned model on every backend; the
-        unstructured model on eager and ONNX Runtime FP32 (no speed-up expected); each main-
-        criterion per-layer ratio on ONNX Runtime FP32 and INT8, the middle one on eager too; the
-        global threshold at the middle ratio and the rounded / unrounded pair; the iterative model on every
-        backend; the dense control on ONNX Runtime FP32 and INT8."""
+        unstructured model on eager and ONNX Runtime FP32 (no speed-up expected); the main
+        criterion at every ratio of the sweep's scope (per layer when prune.scopes has it, else
+        global) on ONNX Runtime FP32 and INT8, the middle per-layer ratio on every backend; the
+        global threshold at the middle ratio beside a per-layer sweep, and the rounded / unrounded
+        pair; the iterative model on every backend; the dense control on ONNX Runtime FP32 and INT8."""
         p = self.params.prune
         # OpenVINO's INT8 on the models every backend sees (unpruned, the middle per-layer ratio, the
         # iterative model): on the pruned graphs it ran at 0.70x ONNX Runtime's (2026-12-06), and each
@@ -343,12 +344,13 @@ class PruningStudy:
         all3 = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")
         ort = ("onnxruntime-fp32", "onnxruntime-int8")
         main, mid = p.criteria[0], middle(p.ratios)
+        sweep = "layer" if "layer" in p.scopes else "global"  # every ratio of this scope is measured
         chosen: list[tuple[PrunedModel | None, tuple]] = [(None, all3)]
         if unstructured is not None:
             chosen.append((unstructured, ("pytorch", "onnxruntime-fp32")))
         for label, pm in structured.items():
             info = pm.pruning
-            if info["criterion"] != main or (info["scope"] == "global" and info["ratio"] != mid):
+            if info["criterion"] != main or (info["scope"] != sweep and info["ratio"] != mid):
                 continue
             per_layer_rounded = info["scope"] == "layer" and info["round_to"] == p.round_to
             chosen.append((pm, all3 if per_layer_rounded and info["ratio"] == mid else ort))
