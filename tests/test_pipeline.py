@@ -345,7 +345,7 @@ def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
     """A ViT from a user-style module (optlib.workload.example:vit_classifier: torchvision's
     VisionTransformer wrapped as self.backbone, an MLP head ending in one logit) on small phantoms,
     trained by 00, through every chapter at the smoke sizes: no chapter lost, no configuration
-    failed but the one ONNX Runtime crashes on; pruning narrows its MLPs and keeps attention whole;
+    failed but the one ONNX Runtime crashes on; pruning removes attention heads and narrows its MLPs;
     INT8 runs integer kernels; block checkpointing finds its encoder blocks inside the wrapper."""
     from optlib.results.records import load_records
 
@@ -378,7 +378,7 @@ def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
     assert records["pytorch-int8-static"].kernels.label == "integer" and records["qat-int8"].ok
     assert records["onnxruntime-int8-static-minmax"].kernels.label in ("integer", "mixed")
     pruned = records["structured-l2-global-50-onnxruntime-fp32"].extra["pruning"]
-    assert "attention kept whole" in pruned["attention_kept_whole"] and pruned["macs_speedup"] > 1
+    assert set(map(tuple, pruned["attention_heads"].values())) == {(4, 2)} and pruned["macs_speedup"] > 1
     assert all(".mlp.0" in path for path in pruned["channels"])
     block = records["train-fp32-ckpt-block"].extra["training"]
     assert block["gradients"]["equal"] and block["checkpointed"] == [

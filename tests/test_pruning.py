@@ -1,6 +1,7 @@
 """Pruning: sparsity accounting against a hand count, structured pruning really removing channels,
 the pruned model agreeing with its ONNX export and reloading in a fresh process without a full
 pickle, the shared fine-tuning routine, and the prune parameters' one-line errors."""
+import copy
 import gzip
 import io
 import json
@@ -297,11 +298,11 @@ def test_rounding_gives_multiples_where_the_unrounded_widths_are_not():
     assert all(w % 8 == 0 for w in widths[8]) and any(w % 8 for w in widths[None])
 
 
-def test_a_transformer_prunes_its_mlps_keeps_attention_fine_tunes_and_reloads(tmp_path):
-    """A ViT from a user-style module: structured pruning narrows the MLPs' hidden widths, keeps
-    attention and the residual stream whole (and says why), the pruned model trains (a second
-    backward through fresh graphs works) and rebuilds from its artifact to the same logits, and its
-    ONNX export agrees with it."""
+def test_a_transformer_prunes_heads_and_mlps_fine_tunes_and_reloads(tmp_path):
+    """A ViT from a user-style module: structured pruning removes half the attention heads and
+    narrows the MLPs' hidden widths, keeps the residual stream whole, the pruned model trains (a
+    second backward through fresh graphs works) and rebuilds from its artifact to the same logits,
+    and its ONNX export agrees with it."""
     from optlib.backends.artifacts import eager_artifact, load_runner
     from optlib.workload.models import ModelInfo
 
@@ -316,9 +317,13 @@ def test_a_transformer_prunes_its_mlps_keeps_attention_fine_tunes_and_reloads(tm
     assert [b.mlp[0].out_features for b in blocks] != [128, 128] and all(b.mlp[0].out_features % 8 == 0 for b in blocks)
     assert sum(b.mlp[0].out_features for b in blocks) == pytest.approx(128, abs=8)  # half of 2 x 128, globally
     assert all(b.mlp[3].in_features == b.mlp[0].out_features for b in blocks)
-    assert all(b.self_attention.embed_dim == 64 and b.self_attention.num_heads == 4 for b in blocks)
+    assert all(isinstance(b.self_attention, pruning.HeadPrunedAttention) for b in blocks)
+    assert all((b.self_attention.embed_dim, b.self_attention.heads, b.self_attention.q_proj.out_features) == (64, 2, 32)
+               for b in blocks)
+    assert info["attention_heads"] == {f"backbone.encoder.layers.encoder_layer_{i}.self_attention": [4, 2]
+                                       for i in range(2)} and info["attention_kept_whole"] is None
     assert pm.backbone.conv_proj.out_channels == 64 and pm.classifier[-1].out_features == 1
-    assert "attention kept whole" in info["attention_kept_whole"] and info["macs_after"] < info["macs_before"]
+    assert info["macs_after"] < info["macs_before"]
     assert set(info["channels"]) == {f"backbone.encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)}
     # it trains: two steps, each a fresh graph
     opt = torch.optim.SGD(pm.parameters(), lr=0.01)
@@ -349,6 +354,46 @@ def test_a_transformer_prunes_its_mlps_keeps_attention_fine_tunes_and_reloads(tm
     sess = OrtRunner(e.path, spec, config=OrtConfig(intra_op_threads=2)).session
     got = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
     assert np.abs(got - expected[:1]).max() < ox.FP32_TOLERANCE
+
+
+def test_removing_heads_is_zeroing_their_share_of_the_output_projection():
+    """A head-pruned attention against nn.MultiheadAttention itself: with every head kept it gives
+    the module's outputs; without heads 1 and 3 it gives the outputs of the module whose out_proj
+    columns of those heads are zero (what removing a head means). prune_heads keeps the heads of
+    highest L2 norm; Torch-Pruning's operation count is the module's while every head is kept."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        ref, _ = mha(x, x, x, need_weights=False)
+        assert torch.allclose(pruning.without_heads(mha, [0, 1, 2, 3])(x, x, x)[0], ref, atol=1e-6)
+        zeroed = copy.deepcopy(mha)
+        zeroed.out_proj.weight[:, 16:32] = 0
+        zeroed.out_proj.weight[:, 48:64] = 0
+        two = pruning.without_heads(mha, [0, 2])
+        assert torch.allclose(two(x, x, x)[0], zeroed(x, x, x, need_weights=False)[0], atol=1e-6)
+        mha.in_proj_weight[:, :] *= 0.01  # heads 1 and 3 the strongest by far
+        mha.in_proj_weight[16:32] *= 1000
+        mha.in_proj_weight[48:64] *= 1000
+    holder = _SelfAttention(mha)
+    done, kept = pruning.prune_heads(holder, 0.5, [])
+    assert done == {"attn": [4, 2]} and kept == {}
+    with torch.no_grad():
+        assert torch.equal(holder.attn.q_proj.weight, torch.cat([mha.in_proj_weight[16:32], mha.in_proj_weight[48:64]]))
+    whole = nn.MultiheadAttention(64, 4, batch_first=True)
+    assert pruning.macs_and_params(_SelfAttention(whole), x[:1]) == pruning.macs_and_params(
+        _SelfAttention(pruning.without_heads(whole, [0, 1, 2, 3])), x[:1])
+    assert pruning.prune_heads(_SelfAttention(nn.MultiheadAttention(64, 4)), 0.5, []) == (
+        {}, {"attn": "sequence-first attention"})
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
 
 
 @pytest.mark.parametrize("scopes, expect", [

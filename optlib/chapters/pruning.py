@@ -400,6 +400,13 @@ def findings(m, study: PruningStudy, unstructured: PrunedModel | None, control: 
     kept = {r.extra["pruning"].get("attention_kept_whole") for r in pruned} - {None}
     lines += [f"Structured pruning of this transformer: {k}." for k in kept]
     for r in sorted(pruned, key=lambda r: r.extra["pruning"]["macs_speedup"]):
+        heads = r.extra["pruning"].get("attention_heads")
+        if heads and r.backend == "onnxruntime" and r.precision == "fp32":
+            counts = sorted({tuple(v) for v in heads.values()})
+            lines.append(f"`{r.name}`: attention heads removed in {len(heads)} attention module(s), "
+                         + ", ".join(f"{a} -> {b}" for a, b in counts) + " (lowest L2 norm first; the residual "
+                         "stream and the MLPs' inputs and outputs keep their width).")
+    for r in sorted(pruned, key=lambda r: r.extra["pruning"]["macs_speedup"]):
         pr = r.extra["pruning"]
         if r.precision == "fp32" and r.backend == "onnxruntime":
             rec = pr.get("recipe") or {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import gzip
 import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,7 @@ from ..results.values import Artifact
 from ..workload.models import HEAD_ATTRIBUTE, build_model, resolve_module, save_state_dict
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
-ATTENTION_KEPT = ("attention kept whole: nn.MultiheadAttention packs its heads into one in-projection as wide as "
-                  "the residual stream, so removing heads would narrow every block; the MLPs' hidden widths are pruned")
+ATTENTION_KEPT = ("attention kept whole ({why}): only the MLPs' hidden widths are pruned")
 
 
 class PruningError(ValueError):
@@ -73,8 +73,104 @@ def prunable_layers(model: nn.Module, keep: list[str]) -> list[tuple[str, nn.Mod
 
 
 def attention_modules(model: nn.Module) -> list[str]:
-    """Paths of the model's nn.MultiheadAttention modules."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    """Paths of the model's attention modules (nn.MultiheadAttention, or one with heads removed)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.MultiheadAttention, HeadPrunedAttention))]
+
+
+# --- attention heads --------------------------------------------------------------------------
+
+class HeadPrunedAttention(nn.Module):
+    """Self-attention as nn.MultiheadAttention computes it (batch first, no masks, no dropout),
+    with its own query, key and value projections: heads can then be removed while the residual
+    stream (`embed_dim`, the input and output width) stays whole. nn.MultiheadAttention cannot
+    hold fewer heads: its fused in-projection is as wide as its input. Plain Linear, MatMul and
+    Softmax operators: it exports to ONNX and quantizes like the rest of the model."""
+
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, bias: bool = True):
+        super().__init__()
+        self.embed_dim, self.heads, self.head_dim = embed_dim, heads, head_dim
+        inner = heads * head_dim
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(embed_dim, inner, bias) for _ in range(3))
+        self.out_proj = nn.Linear(inner, embed_dim, bias)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if key_padding_mask is not None or attn_mask is not None or need_weights or is_causal:
+            raise PruningError("a head-pruned attention takes no masks and returns no weights")
+        b, n = query.shape[0], query.shape[1]
+
+        def heads(x):  # (batch, tokens, heads x head_dim) -> (batch, heads, tokens, head_dim)
+            return x.reshape(b, -1, self.heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)
+        return self.out_proj((w @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)), None
+
+
+def _heads_unsupported(m: nn.MultiheadAttention) -> str | None:
+    """Why the heads of `m` are kept (None: they can be removed)."""
+    if not m._qkv_same_embed_dim:
+        return "keys and values of another width than the queries"
+    if not m.batch_first:
+        return "sequence-first attention"
+    if m.dropout:
+        return f"attention dropout {m.dropout}"
+    if m.bias_k is not None or m.add_zero_attn:
+        return "extra key/value bias or zero attention"
+    return None
+
+
+def _head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
+    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
+
+
+def head_importance(m: nn.MultiheadAttention) -> torch.Tensor:
+    """Each head's L2 norm over its query, key and value rows and its out_proj columns."""
+    e, d = m.embed_dim, m.embed_dim // m.num_heads
+    w = m.in_proj_weight.detach().reshape(3, m.num_heads, d, e)
+    o = m.out_proj.weight.detach().reshape(e, m.num_heads, d)
+    return (w.pow(2).sum(dim=(0, 2, 3)) + o.pow(2).sum(dim=(0, 2))).sqrt()
+
+
+def without_heads(m: nn.MultiheadAttention, keep: list[int]) -> HeadPrunedAttention:
+    """`m` with only the heads in `keep`: the same outputs as `m` with the other heads' out_proj
+    columns set to zero."""
+    e, d = m.embed_dim, m.embed_dim // m.num_heads
+    rows = _head_rows(sorted(keep), d)
+    new = HeadPrunedAttention(e, len(keep), d, m.in_proj_bias is not None)
+    with torch.no_grad():
+        for i, lin in enumerate((new.q_proj, new.k_proj, new.v_proj)):
+            lin.weight.copy_(m.in_proj_weight[i * e:(i + 1) * e][rows])
+            if m.in_proj_bias is not None:
+                lin.bias.copy_(m.in_proj_bias[i * e:(i + 1) * e][rows])
+        new.out_proj.weight.copy_(m.out_proj.weight[:, rows])
+        if m.out_proj.bias is not None:
+            new.out_proj.bias.copy_(m.out_proj.bias)
+    return new.train(m.training)
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def prune_heads(model: nn.Module, ratio: float, keep: list[str]) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Remove round(ratio x heads) heads (at least one kept) of every nn.MultiheadAttention outside
+    `keep`, the lowest head_importance first, in place: each becomes a HeadPrunedAttention.
+    Returns ({path: [heads before, after]}, {path: why its heads were kept})."""
+    done, kept = {}, {}
+    for path in attention_modules(model):
+        m = model.get_submodule(path)
+        why = "kept whole by prune.ignored_layers or the head" if _inside(path, keep) else (
+            _heads_unsupported(m) if isinstance(m, nn.MultiheadAttention) else "heads already removed")
+        if why:
+            kept[path] = why
+            continue
+        n = max(1, m.num_heads - round(ratio * m.num_heads))
+        order = torch.argsort(head_importance(m), descending=True)
+        _replace(model, path, without_heads(m, order[:n].tolist()))
+        done[path] = [m.num_heads, n]
+    return done, kept
 
 
 # --- unstructured -----------------------------------------------------------------------------
@@ -147,10 +243,23 @@ def sparse_storage(model: nn.Module) -> dict:
 
 # --- structured -------------------------------------------------------------------------------
 
-def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """Multiply-accumulates of one forward pass on `example` and the parameter count (Torch-Pruning's counter)."""
-    import torch_pruning as tp
+def _attention_ops(m: HeadPrunedAttention, inputs, output) -> None:
+    """Torch-Pruning's count for nn.MultiheadAttention, with `heads` of `head_dim` (the same number
+    as for the module it came from while every head is kept)."""
+    q, k, v = inputs[:3]
+    (b, nq, e), nk, inner = q.shape, k.shape[1], m.heads * m.head_dim
+    ops = nq * inner + (nq + 2 * nk) * e * inner + (nq + 2 * nk) * inner * int(m.q_proj.bias is not None)
+    ops += m.heads * (2 * nq * nk * m.head_dim + nq * nk) + nq * inner * e + nq * e
+    m.__flops__ += int(ops * b)
 
+
+def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """Multiply-accumulates of one forward pass on `example` and the parameter count (Torch-Pruning's
+    counter; a head-pruned attention counted as its nn.MultiheadAttention is)."""
+    import torch_pruning as tp
+    from torch_pruning.utils import op_counter
+
+    op_counter.CUSTOM_MODULES_MAPPING = {HeadPrunedAttention: _attention_ops}  # reset by every count
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model.eval(), example)
     return int(macs), int(params)
@@ -208,9 +317,10 @@ def structured(model: nn.Module, example: torch.Tensor, plan: StructuredPlan, gr
     m = copy.deepcopy(model).eval()
     macs0, params0 = macs_and_params(m, example)
     ignored = [resolve_module(m, n) for n in plan.keep]
-    # nn.MultiheadAttention packs every head into one in-projection as wide as the residual stream:
-    # removing heads would narrow every block. Attention stays whole; the MLPs' hidden widths (and
-    # every convolution's channels) are what is pruned.
+    # Attention: whole heads removed at the plan's ratio, in one go before the channel steps (the
+    # lowest L2 norm first; HeadPrunedAttention); Torch-Pruning then leaves attention alone and
+    # prunes the MLPs' hidden widths and every convolution's channels. The residual stream stays.
+    heads, heads_kept = prune_heads(m, plan.ratio, plan.keep)
     attention = attention_modules(m)
     ignored += [resolve_module(m, n) for n in attention]
     pruner = tp.pruner.BasePruner(m, example, importance=importance(plan.criterion), pruning_ratio=plan.ratio,
@@ -236,8 +346,10 @@ def structured(model: nn.Module, example: torch.Tensor, plan: StructuredPlan, gr
         p.grad = None
     macs1, params1 = macs_and_params(m, example)
     return m.eval(), {"kind": "structured", "criterion": plan.criterion, "ratio": plan.ratio, "scope": plan.scope,
-                      "round_to": plan.round_to, "steps": plan.steps, "kept_whole": plan.keep + attention,
-                      "attention_kept_whole": ATTENTION_KEPT if attention else None,
+                      "round_to": plan.round_to, "steps": plan.steps, "kept_whole": plan.keep,
+                      "attention_heads": heads or None,
+                      "attention_kept_whole": ATTENTION_KEPT.format(why="; ".join(sorted(set(heads_kept.values()))))
+                      if heads_kept else None,
                       "macs_before": macs0, "macs_after": macs1, "parameters_before": params0, "parameters_after": params1,
                       "macs_speedup": macs0 / macs1, "history": history, "channels": channel_summary(model, m)}
 
@@ -257,11 +369,15 @@ def channel_summary(before: nn.Module, after: nn.Module) -> dict[str, list[int]]
 # --- saving and rebuilding without a full pickle ----------------------------------------------
 
 def channel_config(model: nn.Module) -> dict[str, dict]:
-    """The shape-defining attributes of every Conv2d / BatchNorm2d / Linear: with the state_dict,
-    enough to rebuild a pruned model from its architecture's constructor."""
+    """The shape-defining attributes of every Conv2d / BatchNorm2d / Linear, and every attention
+    whose heads were removed: with the state_dict, enough to rebuild a pruned model from its
+    architecture's constructor."""
     cfg = {}
     for n, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, HeadPrunedAttention):  # replaces an nn.MultiheadAttention; its Linears follow
+            cfg[n] = {"type": "HeadPrunedAttention", "embed": m.embed_dim, "heads": m.heads, "head_dim": m.head_dim,
+                      "bias": m.q_proj.bias is not None}
+        elif isinstance(m, nn.Conv2d):
             cfg[n] = {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
         elif isinstance(m, nn.BatchNorm2d):
             cfg[n] = {"type": "BatchNorm2d", "features": m.num_features}
@@ -298,12 +414,19 @@ def rebuild_pruned(arch: str, num_classes: int, config: dict[str, dict], state_p
     """The pruned model: `arch` built fresh, its layers given the shapes in `config`
     (channel_config), the state_dict at `state_path` loaded with weights_only=True."""
     model = build_model(arch, num_classes)
+    for n, c in config.items():  # attention with heads removed first: its projections are new modules
+        if c["type"] == "HeadPrunedAttention":
+            if not isinstance(dict(model.named_modules()).get(n), nn.MultiheadAttention):
+                raise PruningError(f"pruned artifact: {arch} has no nn.MultiheadAttention at {n!r} (saved from another "
+                                   "architecture?)")
+            _replace(model, n, HeadPrunedAttention(c["embed"], c["heads"], c["head_dim"], c["bias"]))
     modules = dict(model.named_modules())
     missing = [n for n in config if n not in modules]
     if missing:
         raise PruningError(f"pruned artifact: {arch} has no modules {missing[:3]} (saved from another architecture?)")
     for n, c in config.items():
-        _reshape(modules[n], c)
+        if c["type"] != "HeadPrunedAttention":
+            _reshape(modules[n], c)
     model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     if head:
         setattr(model, HEAD_ATTRIBUTE, head)
