@@ -357,7 +357,7 @@ def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
     params["bench"].update(trials=2, samples=6, batch_sizes=[1, 4])
     params["onnx"] = {"compare_optimization_levels": False}
     params["compilers"] = {"compile_modes": [], "measure_cold_start": False}
-    params["quant"].update(pt2e=False, study_sizes=[], compare_formats=False)
+    params["quant"].update(pt2e=False, study_sizes=[], compare_formats=False, methods=["minmax"])
     params["prune"].update(iterative_steps=0, scopes=["global"])
     params["precision"].update(compile=False)
     params["memory"].update(precisions=["fp32"], checkpoint=["block"])
