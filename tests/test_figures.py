@@ -158,6 +158,9 @@ def test_bar_line_and_table_figures_have_no_overlapping_text(crowded):
     r = fig.canvas.get_renderer()
     ax = fig.axes[0]
     assert ax.get_legend().get_window_extent(r).x0 >= ax.get_window_extent(r).x1
+    # every line tells itself apart in the legend: no two share colour and dash
+    styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+    assert len(styles) == len(crowded) > len(figures.COLORS) and len(set(styles)) == len(styles)
     figures._plt().close("all")
 
 

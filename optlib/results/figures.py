@@ -13,6 +13,7 @@ from .records import Record
 
 # Okabe and Ito's colour-blind-safe palette, the colour cycle of every figure here.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+LINESTYLES = ["-", "--", ":", "-."]
 STAGE_COLORS = {"preprocessing": COLORS[5], "feature_extraction": COLORS[2], "classification": COLORS[1],
                 "total": "#555555"}
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
@@ -253,11 +254,13 @@ def throughput_by_batch(records: list[Record]):
     """images_per_s against batch size, one line per configuration, with the interval as a band."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(11, max(4.0, 0.16 * len(records) + 1.6)))
-    for r in records:
+    for i, r in enumerate(records):  # past eight lines the colours come again, with another dash
         t = sorted(r.throughput.values(), key=lambda v: v.batch_size)
         x = [v.batch_size for v in t]
-        ax.plot(x, [v.images_per_s for v in t], marker="o", label=r.name)
-        ax.fill_between(x, [v.images_per_s_ci95[0] for v in t], [v.images_per_s_ci95[1] for v in t], alpha=0.2)
+        color, dash = COLORS[i % len(COLORS)], LINESTYLES[i // len(COLORS) % len(LINESTYLES)]
+        ax.plot(x, [v.images_per_s for v in t], marker="o", color=color, linestyle=dash, label=r.name)
+        ax.fill_between(x, [v.images_per_s_ci95[0] for v in t], [v.images_per_s_ci95[1] for v in t], color=color,
+                        alpha=0.2)
     _log(ax, "x", 2, sorted({v.batch_size for r in records for v in r.throughput.values()}))
     _log(ax, "y")
     ax.set_xlabel("batch size")
