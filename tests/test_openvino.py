@@ -114,7 +114,11 @@ def test_openvino_hand_off_runs_without_optlib(setup, tmp_path, monkeypatch):
     assert json.loads(p.stdout.strip().splitlines()[-1])["max_abs_logit_diff"] < 1e-4
     # the card's memory and start-up are this hand-off process's, which never loads torch or optlib
     assert json.loads((out / "runtime.json").read_text())["properties"]["INFERENCE_NUM_THREADS"] == 2
+    # ... measured in that process alone: this test holds 2 GB more than it, which Linux would have
+    # carried into the child's ru_maxrss across exec (the cpu card said 2,429 MB for a 0.5 MB model)
+    ballast = np.ones(2 ** 28)  # 2 GiB, touched
     prof = deploy.profile_hand_off(out)
-    assert prof["modules"] == ["openvino"] and prof["peak_rss_bytes"] > 0 and prof["first_call_ms"] > 0
+    assert prof["modules"] == ["openvino"] and 0 < prof["peak_rss_bytes"] < ballast.nbytes / 2 and prof["first_call_ms"] > 0
+    del ballast
     card = (out / "MODEL_CARD.md").read_text()
     assert "peak memory of the hand-off process (`predict.py --profile`: openvino, NumPy, Pillow)" in card

@@ -121,8 +121,6 @@ def profile(calls: int = 50) -> dict:
     """This process as a user's would run it: seconds from start to the model loaded (imports
     included), the first call on one example image, the median of `calls` later ones (preprocessing
     included), its peak resident memory (bytes) and the heavy modules it has loaded."""
-    import resource
-
     model = load_model()
     loaded = time.perf_counter()
     spec = json.loads((HERE / "preprocess.json").read_text())
@@ -138,8 +136,22 @@ def profile(calls: int = 50) -> dict:
     heavy = ("torch", "optlib", "onnxruntime", "openvino", "onnx", "pandas", "scipy")
     return {"startup_s": loaded - STARTED, "first_call_ms": first * 1e3,
             "later_call_ms_median": float(np.median(later)) * 1e3, "later_calls": calls,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
-            "modules": sorted(m for m in heavy if m in sys.modules)}
+            "peak_rss_bytes": peak_rss_bytes(), "modules": sorted(m for m in heavy if m in sys.modules)}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM of its own address space. (getrusage's ru_maxrss
+    is no good for a process started by another: Linux carries the parent's peak across exec.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def predict(paths) -> list[dict]:
