@@ -98,8 +98,8 @@ def cmd_run(args) -> int:
 
 def _fit(params, path: str, budget_minutes: float, running: list[str], probe_result, write: str | None):
     """Params cut to fit `budget_minutes` for the chapters `running` (measurement.plan.fit), the cuts
-    printed, and written to `write` with the cuts in the file's first lines. Returns the params and
-    the fitted estimate."""
+    printed, and written to `write` with the cuts in the file's first lines. Returns the fitted
+    params, their estimate (a table per chapter) and the probe with their image counts."""
     import dataclasses
     from datetime import date
 
