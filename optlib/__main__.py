@@ -77,10 +77,11 @@ def cmd_run(args) -> int:
         # the plan first: cut what can be cut to fit, keep the fitted params beside the outputs, run those
         from .measurement.plan import probe
 
-        running = _chapters_to_run(params, args)
+        running = _chapters_to_run(params, args, show=False)  # the run lists them itself
         if running:
             fitted = paths.target_dir(params.target) / "params.fitted.yaml"
-            params, table, _ = _fit(params, path, args.budget_minutes, running, probe(params), str(fitted))
+            params, table, p = _fit(params, path, args.budget_minutes, running, probe(params), str(fitted))
+            _print_plan(params, p, table)
             print(f"[optlib] estimate {float(table['total_min'].sum()):.0f} min; running with the fitted params")
     t0 = time.perf_counter()
     try:
@@ -119,24 +120,33 @@ def _fit(params, path: str, budget_minutes: float, running: list[str], probe_res
     return params, table, dataclasses.replace(probe_result, images=image_counts(params))
 
 
-def _chapters_to_run(params, args) -> list[str]:
-    """What `run` would do with these params (printed), and the chapters it would run."""
+def _chapters_to_run(params, args, show: bool = True) -> list[str]:
+    """What `run` would do with these params (printed when `show`), and the chapters it would run."""
     from .core.pipeline import list_notebooks, plan
 
     selection = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
     todo = plan(params, list_notebooks(selection), _force(args.force))
-    for nb, why in todo:
+    for nb, why in todo if show else ():
         print(f"  {'run' if why else 'skip':4s} {nb.stem:28s} {'; '.join(why) if why else 'unchanged'}")
     return [nb.stem for nb, why in todo if why]
+
+
+def _print_plan(params, p, table) -> None:
+    """The estimate per chapter and the plan in words (measurement.plan.describe)."""
+    import pandas as pd
+
+    from .measurement.plan import describe
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.1f}".format):
+        print(table)
+    print(describe(params, p, table))
 
 
 def cmd_plan(args) -> int:
     """What `run` would do with these params, and how long each chapter should take: a probe of the
     model in eager FP32 priced by measurement.plan's cost model."""
-    import pandas as pd
-
     from .core.pipeline import resolve_params
-    from .measurement.plan import describe, estimate, probe
+    from .measurement.plan import estimate, probe
 
     if args.write and args.budget_minutes is None:
         raise SystemExit("optlib plan: --write FILE writes the params fitted to --budget-minutes; give both")
@@ -151,9 +161,7 @@ def cmd_plan(args) -> int:
         params, table, p = _fit(params, path, args.budget_minutes, running, p, args.write)
         if args.write:
             print(f"[optlib] run them: `optlib run --params {args.write}`")
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.1f}".format):
-        print(table)
-    print(describe(params, p, table))
+    _print_plan(params, p, table)
     return 0
 
 
@@ -197,7 +205,12 @@ def cmd_export_best(args) -> int:
 def cmd_example(args) -> int:
     from .workload.example import build_example
 
-    params = build_example(args.out, image_size=args.image_size, epochs=args.epochs)
+    if args.xray:
+        from .workload.example import build_xray_example
+
+        params = build_xray_example(args.out, image_size=args.image_size or 224, steps=args.steps)
+    else:
+        params = build_example(args.out, image_size=args.image_size or 64, epochs=args.epochs)
     print(f"[optlib] example written; run it with: python -m optlib run --params {params}")
     return 0
 
@@ -208,8 +221,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("example", help="build the own-model example (binary digits, one sigmoid logit, Lightning .ckpt)")
     ex.add_argument("--out", required=True, help="folder to write data/, binary-digits.ckpt and params.yaml into")
-    ex.add_argument("--image-size", type=int, default=64)
+    ex.add_argument("--image-size", type=int, default=None, help="64 (digits) or 224 (--xray)")
     ex.add_argument("--epochs", type=int, default=5)
+    ex.add_argument("--xray", action="store_true",
+                    help="the user's case at its real size: 224x224 phantom PNGs (624 test, 2,000 training), a "
+                         "ResNet50 with an MLP head and one logit (Lightning .ckpt), params/example-xray.yaml pointed at them")
+    ex.add_argument("--steps", type=int, default=60, help="--xray: training steps of batch 32 for its checkpoint")
     ex.set_defaults(fn=cmd_example)
     for name, fn in (("run", cmd_run), ("plan", cmd_plan), ("summary", cmd_summary), ("report", cmd_report),
                      ("export-best", cmd_export_best)):

@@ -310,6 +310,37 @@ def test_single_logit_custom_head_lightning_model_end_to_end(tmp_path):
     assert rec["noise_floor"]["twin_flips"] == 0
 
 
+def test_user_size_example_is_the_template_pointed_at_a_resnet50_checkpoint_and_runs_to_plan(tmp_path):
+    """The user-size target (`optlib example --xray`: params/example-xray.yaml pointed at phantom
+    PNGs and a ResNet50 with an MLP head in a Lightning checkpoint) at smoke size: the params differ
+    from the template only where they point, the run prints its plan and the budget's cuts before
+    chapter 00 starts, and 01 measures the checkpoint read as the user's."""
+    from optlib.workload.example import build_xray_example
+
+    f = build_xray_example(tmp_path / "ex", image_size=32, test_images=40, train_images=24, steps=2, batch_size=8,
+                           file_sizes=(32, 40), progress=False)
+    params = yaml.safe_load(f.read_text())
+    template = yaml.safe_load((paths.PARAMS_DIR / "example-xray.yaml").read_text())
+    changed = {(sec, k) for sec in params if isinstance(params[sec], dict)
+               for k in params[sec] if params[sec][k] != template.get(sec, {}).get(k)}
+    assert changed == {("model", "arch"), ("model", "checkpoint"), ("data", "root"), ("data", "train_root"),
+                       ("data", "image_size"), ("data", "positive_class")}
+    assert set(params) == set(template) and params["target"] == "xray-resnet50"
+    params["bench"].update(warmup=1, block_seconds=0.05, trials=2, min_trials=2, batch_sizes=[1, 4])
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(params))
+    out = run_cli(["run", "--params", str(mine), "--notebooks", "00,01", "--budget-minutes", "30"], tmp_path).stdout
+    plan_end = out.index("[optlib] estimate")  # the plan: minutes per chapter, the probe, the total
+    assert "Estimated" in out[:plan_end] and "01_baseline" in out[:plan_end], out[-3000:]
+    assert plan_end < out.index("00_data_and_model: running")
+    assert (tmp_path / "xray-resnet50" / "params.fitted.yaml").is_file()
+    rec = read_record(tmp_path, "xray-resnet50", "pytorch-fp32")
+    m = rec["extra"]["model"]
+    assert m["checkpoint_format"] == "lightning" and m["stripped_prefix"] == "model." and m["head"] == "classifier"
+    assert m["parameters"] > 23_000_000 and rec["accuracy"]["n"] == 40  # a ResNet50 (23.5 M) and its head
+    assert rec["accuracy"]["binary"]["positive_class"] == "opacity"
+
+
 def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_path, monkeypatch):
     """params/edge.yaml as committed validates; with the smoke sizes its own chapters run: MobileNetV2
     trained here, one thread, PyTorch INT8 and QAT on the QNNPACK engine (recorded with the

@@ -24,15 +24,16 @@ POSITIVE = "odd"
 
 
 class BinaryHeadNet(nn.Module):
-    """A ResNet18 backbone (its own fc removed) and an MLP head ending in one logit."""
+    """A torchvision ResNet backbone (its own fc removed) and an MLP head ending in one logit."""
 
-    def __init__(self, hidden: int = 128):
+    def __init__(self, hidden: int = 128, backbone: str = "resnet18"):
         super().__init__()
         import torchvision
 
-        self.backbone = torchvision.models.resnet18(weights=None)
+        self.backbone = getattr(torchvision.models, backbone)(weights=None)
+        width = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
-        self.classifier = nn.Sequential(nn.Linear(512, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
+        self.classifier = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
 
     def forward(self, x):
         return self.classifier(self.backbone(x))
@@ -41,6 +42,12 @@ class BinaryHeadNet(nn.Module):
 def binary_head_net() -> nn.Module:
     """model.arch: optlib.workload.example:binary_head_net"""
     return BinaryHeadNet()
+
+
+def resnet50_head_net() -> nn.Module:
+    """model.arch: optlib.workload.example:resnet50_head_net. The user's model at its real size: a
+    ResNet50 backbone and an MLP head (2048 -> 256 -> one logit)."""
+    return BinaryHeadNet(hidden=256, backbone="resnet50")
 
 
 def resnet18_mlp_head(num_classes: int = 1, hidden: int = 128) -> nn.Module:
@@ -140,3 +147,51 @@ def build_example(out: str | Path, image_size: int = 64, epochs: int = 5, seed: 
                  "image_size": image_size, "positive_class": POSITIVE},
     }
     return write_text_atomic(yaml.safe_dump(params, sort_keys=False), out / "params.yaml")
+
+
+def build_xray_example(out: str | Path, image_size: int = 224, test_images: int = 624, train_images: int = 2000,
+                       steps: int = 60, batch_size: int = 32, seed: int = 0, target: str = "xray-resnet50",
+                       file_sizes: tuple[int, int] | None = None, progress: bool = True) -> Path:
+    """The user's case at its real size, offline: an ImageFolder of grayscale phantom PNGs
+    (workload.phantoms; `test_images` like the public pediatric set's 624, `train_images` for
+    calibration and fine-tuning, each file 1 to 1.4 times `image_size` high and up to 1.2 times as
+    wide unless `file_sizes` says), a ResNet50 with an MLP head and one logit trained `steps` SGD
+    steps from scratch, saved in Lightning's layout, and params/example-xray.yaml with its paths,
+    model and positive class pointed at them (everything else as the template says). Returns the
+    params file."""
+    from ..core.paths import PARAMS_DIR
+    from .data import Dataset, PreprocessSpec, load_image_folder
+    from .outputs import Outputs
+    from .training import FineTuneRecipe, finetune
+    from . import phantoms
+
+    out = Path(out)
+    lo, hi = file_sizes or (image_size, int(round(image_size * 1.4)))
+    for side, n, s in (("test", test_images, seed * 2 + 11), ("train", train_images, seed * 2 + 12)):
+        if not (out / "data" / side).is_dir():  # drawn once: a rebuild with other steps reuses the images
+            phantoms.write_image_folder(out / "data" / f"{side}.tmp", n, s, sizes=(lo, hi), aspect=(1.0, 1.2))
+            (out / "data" / f"{side}.tmp").rename(out / "data" / side)
+    classes = list(phantoms.CLASSES)
+    train, _, _ = load_image_folder(out / "data" / "train", classes)
+    torch.manual_seed(seed)
+    model = resnet50_head_net()
+    spec = PreprocessSpec(image_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], True)
+    lr = 0.05  # train.lr's default: the fine-tuning rates of 05 and 06 are fractions of it
+    recipe = FineTuneRecipe(epochs=max(1, -(-steps * batch_size // train_images)), lr=lr, schedule="onecycle",
+                            batch_size=batch_size, seed=seed, max_steps=steps)
+    outputs = Outputs.for_data(1, classes, phantoms.POSITIVE)
+    history = finetune(model, Dataset("xray-example", classes, train, train), spec, recipe, outputs, progress)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    ckpt = lightning_checkpoint(model, opt, recipe.epochs, steps,
+                                {"num_classes": 1, "threshold": 0.5, "lr": lr, "hidden": 256, "backbone": "resnet50"})
+    ckpt_path = atomic_write(out / "xray-resnet50.ckpt", lambda tmp: torch.save(ckpt, tmp))
+    params = yaml.safe_load((PARAMS_DIR / "example-xray.yaml").read_text())
+    params["target"] = target
+    params["model"].update(arch="optlib.workload.example:resnet50_head_net", checkpoint=str(ckpt_path.resolve()))
+    params["data"].update(root=str((out / "data" / "test").resolve()), train_root=str((out / "data" / "train").resolve()),
+                          image_size=image_size, positive_class=phantoms.POSITIVE)
+    write_text_atomic(yaml.safe_dump({"steps": steps, "batch_size": batch_size, "history": history}, sort_keys=False),
+                      out / "train-history.yaml")
+    header = (f"# params/example-xray.yaml pointed at the phantoms and checkpoint of `python -m optlib example --xray "
+              f"--out {out}`\n")
+    return write_text_atomic(header + yaml.safe_dump(params, sort_keys=False), out / "params.yaml")
