@@ -5,6 +5,8 @@ TARGET ?= cpu
 PARAMS ?=
 NOTEBOOKS ?=
 FORCE ?=
+# make test's pytest workers (pytest-xdist): the notebook pipelines start first, one on each
+TEST_WORKERS ?= 2
 # Exactly one of the cpu / cuda extras per environment (onnxruntime vs onnxruntime-gpu).
 EXTRAS ?= $(if $(filter cuda,$(TARGET)),cuda,cpu),dev
 comma := ,
@@ -37,7 +39,7 @@ report: setup
 # The smoke pipeline (tests/test_pipeline.py) executes every notebook through papermill; nbval over
 # notebooks/ runs them once more with their own tiny defaults (about as small): `make test-notebooks`.
 test: setup
-	$(PY) -m pytest tests -p no:cacheprovider --durations=20
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist worksteal -p no:cacheprovider --durations=20
 
 test-notebooks: setup
 	$(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider

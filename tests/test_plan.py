@@ -122,6 +122,12 @@ def test_a_budget_cuts_in_order_until_the_estimate_fits():
     least, every, t = plan.fit(given, probe, 0.1)
     assert "does not fit" in plan.describe_fit(0.1, before, every, float(t["total_min"].sum()))
     assert (least.bench.trials, least.data.max_test_images, least.prune.finetune_epochs) == (5, plan.MIN_TEST_IMAGES, 3)
+    # every cut reaches its floor, never below: cpu.yaml ranks layers on 2,000 images, prunes iteratively
+    # in 3 steps, searches with 3 probes and fine-tunes without a step cap
+    assert (least.quant.sensitivity_images, least.prune.iterative_steps, least.memory.search_probes,
+            least.finetune.max_steps) == (plan.MIN_SENSITIVITY_IMAGES, 2, 2, plan.MIN_FINETUNE_STEPS)
+    assert (given.quant.sensitivity_images, given.prune.iterative_steps, given.memory.search_probes,
+            given.finetune.max_steps) == (2000, 3, 3, None)
     assert fitted.data.max_test_images is None or fitted.data.max_test_images >= plan.MIN_TEST_IMAGES
 
 

@@ -227,7 +227,7 @@ def test_load_monitor_counts_a_competing_process(tmp_path):
         child.kill()
         child.wait()
     s = mon.summary("x")
-    assert child_cores > 0.5
+    assert child_cores > 0.25  # it ran (beside make test's other worker it gets a share of a core)
     assert s["measured"] and s["contended"] and s["other_cpu_cores"] >= child_cores - 0.15
     assert not mon.summary("never-timed")["contended"]
 

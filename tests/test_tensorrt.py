@@ -296,3 +296,55 @@ def test_an_engine_build_that_crashes_costs_its_configuration_only(tmp_path, mon
     assert records["tensorrt-fp32"].reason == "native crash (SIGSEGV) while building"
     assert {n for n, r in records.items() if r.status == "skipped"} == {
         "torch-tensorrt-fp32", "onnxruntime-cuda-fp32", "onnxruntime-tensorrt-fp32"}
+
+
+class _StandInTensorRT(types.ModuleType):
+    """Just enough of TensorRT's build API for build_engine: its "engine" is the parsed file's bytes."""
+    __version__ = "10.13.0"
+
+    def __init__(self):
+        super().__init__("tensorrt")
+        ns = types.SimpleNamespace
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
+        self.NetworkDefinitionCreationFlag = ns(STRONGLY_TYPED=5)
+        self.MemoryPoolType = ns(WORKSPACE=0)
+        network = ns(get_input=lambda i: ns(name="x"), source=None)
+
+        def parse_from_file(path):
+            network.source = open(path, "rb").read()
+            return True
+        self.OnnxParser = lambda net, logger: ns(parse_from_file=parse_from_file, num_errors=0)
+        config = ns(set_memory_pool_limit=lambda *a: None, add_optimization_profile=lambda p: None)
+        self.Builder = lambda logger: ns(
+            create_network=lambda flags: network, create_builder_config=lambda: config,
+            create_optimization_profile=lambda: ns(set_shape=lambda *a: None),
+            build_serialized_network=lambda net, cfg: net.source)
+
+
+def _build_in_child(graph, out_dir, queue):
+    queue.put(trt_tools.build_engine(graph, out_dir, "fp32", trt_tools.profile_shapes([1, 4], 8), 1 << 20).details)
+
+
+def test_an_engine_a_child_built_for_this_process_is_its_build_and_later_ones_reuse_it(tmp_path, monkeypatch):
+    """Chapter 07 builds each engine in a child, then loads it in the notebook's process: that
+    engine is this run's build (`reused: false`, the child's build seconds), while a process that
+    finds it later (another run) says it reused it. A stand-in `tensorrt` stands for the builder."""
+    import multiprocessing as mp
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _StandInTensorRT())
+    graph = tmp_path / "model.onnx"
+    onnx.save(_qdq_graph(0, True), graph)
+    fork = mp.get_context("fork")  # the child inherits the stand-in module
+    queue = fork.Queue()
+    child = fork.Process(target=_build_in_child, args=(graph, tmp_path / "engines", queue))
+    child.start()
+    built = queue.get(timeout=60)
+    child.join()
+    assert built == {"reused": False}
+    here = trt_tools.build_engine(graph, tmp_path / "engines", "fp32", trt_tools.profile_shapes([1, 4], 8), 1 << 20)
+    assert here.details == {"reused": False, "built_by": "a child of this process"} and here.seconds > 0
+    assert here.path.read_bytes() == graph.read_bytes()  # the stand-in's engine: the graph it parsed
+    later = fork.Process(target=_build_in_child, args=(graph, tmp_path / "engines", queue))  # another process
+    later.start()
+    assert queue.get(timeout=60) == {"reused": True}
+    later.join()

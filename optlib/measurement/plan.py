@@ -279,6 +279,8 @@ def describe(params: Params, p: Probe, table: pd.DataFrame) -> str:
 MIN_TEST_IMAGES = 1000  # below this a 0.5-point accuracy change is not resolved even with nothing changed
 MIN_POOL_IMAGES = 500  # a generated pool is halved down to this, never below
 MIN_FINETUNE_IMAGES = 1000  # fine-tuning (QAT, pruning, the dense control) on at least this many training images
+MIN_SENSITIVITY_IMAGES = 200  # layer sensitivity ranks on at least this many evaluated images
+MIN_FINETUNE_STEPS = 10  # a fine-tuning capped by finetune.max_steps keeps at least this many steps
 
 
 def _halve_to(floor: int):
@@ -307,6 +309,20 @@ def _step_epochs(v, d):
     return max(1, n // 2) if n > 1 else None
 
 
+def _sensitivity_images(v, d):
+    n = v if v is not None else image_counts(from_dict(d, "<plan>"))["test"]
+    return max(MIN_SENSITIVITY_IMAGES, n // 2) if d["quant"]["sensitivity"] and n > MIN_SENSITIVITY_IMAGES else None
+
+
+def _finetune_steps(v, d):
+    """From None (every epoch's steps) to one epoch's steps on the fine-tuning images, then halved."""
+    if v is None:
+        q = from_dict(d, "<plan>")
+        images = min(image_counts(q)["train"], q.finetune.train_images or image_counts(q)["train"])
+        v = 2 * math.ceil(images / (q.finetune.batch_size or q.train.batch_size)) if images else 0
+    return max(MIN_FINETUNE_STEPS, v // 2) if v > MIN_FINETUNE_STEPS else None
+
+
 def _finetune_images(v, d):
     n = v if v is not None else image_counts(from_dict(d, "<plan>"))["train"]
     return max(MIN_FINETUNE_IMAGES, n // 2) if n > MIN_FINETUNE_IMAGES else None
@@ -323,19 +339,23 @@ SHRINKS = [
     ("quant.compare_formats", _off, "no QOperator / per-tensor / s8s8 formats in 04"),
     ("quant.study_seeds", _first, "one calibration seed in 04b"),
     ("quant.study_sizes", lambda v, d: v[-1:] if len(v) > 1 else None, "one calibration size in 04b"),
+    ("quant.sensitivity_images", _sensitivity_images, "layer sensitivity ranked on fewer evaluated images"),
     ("prune.dense_control", _off, "no dense control in 06"),
     ("prune.sparsities", _middle, "one unstructured sparsity"),
     ("prune.unstructured_criteria", _first, "one unstructured criterion"),
     ("prune.criteria", _first, "one structured criterion"),
     ("prune.ratios", _first, "one one-shot structured ratio"),
+    ("prune.iterative_steps", lambda v, d: v - 1 if v > 2 else None, "the iterative model in fewer steps"),
     ("bench.trials", lambda v, d: v - 1 if v > 5 else None, "wider latency intervals (5 trials at least)"),
     ("memory.precisions", _first, "training memory in one precision"),
     ("memory.batch_sizes", _first, "training memory at one batch size"),
+    ("memory.search_probes", lambda v, d: max(2, v // 2) if v > 2 else None, "a coarser largest-batch search in 08"),
     ("comparison.max_finalists", _halve_to(4), "fewer finalists"),
     ("finetune.train_images", _finetune_images, "fine-tuning on fewer training images"),
     ("prune.step_finetune_epochs", _step_epochs, "shorter fine-tuning between pruning steps"),
     ("prune.finetune_epochs", _halve_to(3), "shorter fine-tuning of the pruned models (accuracy may drop)"),
     ("quant.qat_epochs", _halve_to(1), "shorter QAT"),
+    ("finetune.max_steps", _finetune_steps, "fewer optimizer steps in every fine-tuning (accuracy may drop)"),
     ("bench.batch_sizes", lambda v, d: [min(v)] if len(v) > 1 else None, "no throughput at larger batches"),
     ("data.fidelity_pool_images", _halve_to(MIN_POOL_IMAGES), "a smaller label-free pool (weaker fidelity bounds)"),
     ("data.max_test_images", _test_images, "fewer evaluated images (wider accuracy intervals)"),

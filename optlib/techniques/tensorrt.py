@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -266,8 +267,9 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
     """Parse `onnx_path` (whose precision is in the graph), build a serialized engine with one
     optimisation profile for its input, save it under `out_dir/<precision>-<part>-<key>.engine`
     (reused when the key matches: `seconds` is then the build's, kept beside the engine, and
-    details say it was reused), and reuse / update the timing cache file. The engine is written
-    whole or not at all: a build killed midway leaves nothing to reuse."""
+    details say it was reused, unless a child of this very process built it: chapter 07 builds in
+    a child first, so that engine is this run's build), and reuse / update the timing cache file.
+    The engine is written whole or not at all: a build killed midway leaves nothing to reuse."""
     import tensorrt as trt
 
     path_kind = build_path(trt.__version__)
@@ -278,11 +280,13 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
     engine_path = out_dir / f"{precision}-{part}-{key}.engine"
     base = dict(key=key, build_path=path_kind, tensorrt=trt.__version__, shapes=shapes,
                 timing_cache=str(timing_cache) if timing_cache else None)
-    built = engine_path.with_suffix(".build.json")  # the build's seconds: a reused engine's one-time cost
+    built = engine_path.with_suffix(".build.json")  # the build's seconds and its builder's parent process
     if engine_path.is_file():
-        seconds = json.loads(built.read_text())["seconds"] if built.is_file() else 0.0
-        return EngineBuild(engine_path, seconds=seconds, size_bytes=engine_path.stat().st_size,
-                           details={"reused": True}, **base)
+        info = json.loads(built.read_text()) if built.is_file() else {}
+        ours = info.get("parent") is not None and info["parent"] == _process_id(os.getpid())  # pid + start time
+        return EngineBuild(engine_path, seconds=info.get("seconds", 0.0), size_bytes=engine_path.stat().st_size,
+                           details={"reused": not ours, **({"built_by": "a child of this process"} if ours else {})},
+                           **base)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if path_kind == "strongly-typed-flag" else 0
@@ -308,7 +312,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, sha
     seconds = time.perf_counter() - t0
     if plan is None:
         raise RuntimeError(f"TensorRT built no engine from {onnx_path} ({precision})")
-    write_json_atomic({"seconds": seconds}, built)
+    write_json_atomic({"seconds": seconds, "parent": _process_id(os.getppid())}, built)
     atomic_write(engine_path, lambda tmp: Path(tmp).write_bytes(bytes(plan)))
     if cache is not None:
         Path(timing_cache).write_bytes(bytes(cache.serialize()))
@@ -343,6 +347,16 @@ def torch_tensorrt_runner(model, spec: PreprocessSpec, shapes: dict, precision: 
     return runner.annotate(size_bytes=path.stat().st_size, artifact=artifact, one_time_cost_seconds={"compile": seconds},
                            torch_tensorrt={"version": torch_tensorrt.__version__, "shapes": {
                                k: list(v) for k, v in shapes.items()}})
+
+
+def _process_id(pid: int) -> list | None:
+    """A process named so that a reused pid cannot pass for it: its pid and its start time (clock
+    ticks after boot, /proc/<pid>/stat's 22nd field); None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return [pid, int(stat.rsplit(")", 1)[1].split()[19])]  # fields after the command name start at the 3rd
 
 
 def describe_build(b: EngineBuild) -> dict:
