@@ -10,6 +10,7 @@ loop states, callbacks, hyper_parameters), so every path a real one takes is exe
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +170,10 @@ def build_xray_example(out: str | Path, image_size: int = 224, test_images: int 
     lo, hi = file_sizes or (image_size, int(round(image_size * 1.4)))
     for side, n, s in (("test", test_images, seed * 2 + 11), ("train", train_images, seed * 2 + 12)):
         if not (out / "data" / side).is_dir():  # drawn once: a rebuild with other steps reuses the images
-            phantoms.write_image_folder(out / "data" / f"{side}.tmp", n, s, sizes=(lo, hi), aspect=(1.0, 1.2))
-            (out / "data" / f"{side}.tmp").rename(out / "data" / side)
+            tmp = out / "data" / f"{side}.tmp"  # whole or not at all: a build stopped midway starts it again
+            shutil.rmtree(tmp, ignore_errors=True)
+            phantoms.write_image_folder(tmp, n, s, sizes=(lo, hi), aspect=(1.0, 1.2))
+            tmp.rename(out / "data" / side)
     classes = list(phantoms.CLASSES)
     train, _, _ = load_image_folder(out / "data" / "train", classes)
     torch.manual_seed(seed)
