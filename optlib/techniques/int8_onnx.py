@@ -146,12 +146,19 @@ class _ArrayReader:
         return (len(self.data) + self.batch_size - 1) // self.batch_size
 
 
+CALIBRATION_HELD_BYTES = 4 * 2 ** 30  # every tensor's outputs ORT holds at once while calibrating (it copies them once more)
+
+
 def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "minmax",
-              percentile: float = 99.999, num_bins: int | None = None):
+              percentile: float = 99.999, num_bins: int | None = None, held_bytes: int = CALIBRATION_HELD_BYTES):
     """Activation ranges of every tensor to quantize, computed by ORT's calibrator for `method`.
 
     `calibration` holds preprocessed inputs (N, C, H, W) drawn from the training side.
-    Returns onnxruntime's TensorsData.
+    Returns onnxruntime's TensorsData. ORT keeps every tensor's outputs for all the images it is
+    given (about 100 MB an image for a ResNet50 at 224 pixels: 500 images ran a 24 GiB machine out
+    of memory), so the images go in chunks whose outputs fit `held_bytes`; min / max ranges merge
+    exactly across chunks, histograms as ORT's collector merges them (in four chunks, percentile's
+    ranges moved by up to 3.7% of their width, entropy's by up to 9.3%: tests/test_quantization.py).
     """
     from onnxruntime.quantization.calibrate import create_calibrator
 
@@ -175,10 +182,14 @@ def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "mi
         calibrator = create_calibrator(Path(model_path), [], augmented_model_path=str(Path(d) / "augmented.onnx"),
                                        calibrate_method=_ort_method(method), extra_options=extra)
         # ORT's histogram collector stacks per-batch outputs: every batch must have the same size.
-        n = len(calibration)
+        data = np.ascontiguousarray(calibration, dtype=np.float32)
+        n = len(data)
         bs = max(b for b in range(1, min(16, n) + 1) if n % b == 0)
+        per_image = sum(o.nbytes for o in calibrator.infer_session.run(None, {input_name: data[:1]}))
+        chunk = max(1, int(held_bytes // max(per_image, 1)) // bs) * bs  # whole batches: n / chunk leaves whole ones
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            calibrator.collect_data(_ArrayReader(input_name, np.ascontiguousarray(calibration, dtype=np.float32), bs))
+            for start in range(0, n, chunk):
+                calibrator.collect_data(_ArrayReader(input_name, data[start:start + chunk], bs))
             ranges = calibrator.compute_data()
         del calibrator
     return ranges
