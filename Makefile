@@ -5,8 +5,9 @@ TARGET ?= cpu
 PARAMS ?=
 NOTEBOOKS ?=
 FORCE ?=
-# make test's pytest workers (pytest-xdist): the notebook pipelines start first, one on each
-TEST_WORKERS ?= 2
+# make test's pytest-xdist workers; 0: one process. Two on 2 cores were slower (CI 32.0 min against
+# 24.8-27.5 serial on 2026-12-07: each notebook runs 2 threads, so two workers oversubscribe the cores)
+TEST_WORKERS ?= 0
 # Exactly one of the cpu / cuda extras per environment (onnxruntime vs onnxruntime-gpu).
 EXTRAS ?= $(if $(filter cuda,$(TARGET)),cuda,cpu),dev
 comma := ,
@@ -39,7 +40,7 @@ report: setup
 # The smoke pipeline (tests/test_pipeline.py) executes every notebook through papermill; nbval over
 # notebooks/ runs them once more with their own tiny defaults (about as small): `make test-notebooks`.
 test: setup
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist worksteal -p no:cacheprovider --durations=20
+	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) -p no:cacheprovider --durations=20
 
 test-notebooks: setup
 	$(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider

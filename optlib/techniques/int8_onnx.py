@@ -155,9 +155,9 @@ def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "mi
 
     `calibration` holds preprocessed inputs (N, C, H, W) drawn from the training side.
     Returns onnxruntime's TensorsData. ORT keeps every tensor's outputs for all the images it is
-    given (about 100 MB an image for a ResNet50 at 224 pixels: 500 images ran a 24 GiB machine out
-    of memory), so the images go in chunks whose outputs fit `held_bytes`; min / max ranges merge
-    exactly across chunks, histograms as ORT's collector merges them (in four chunks, percentile's
+    given (500 images of a ResNet50 at 224 pixels ran a 24 GiB machine out of memory at 22 GB), so
+    the images go in chunks whose outputs fit `held_bytes`; min / max ranges merge exactly across
+    chunks, histograms as ORT's collector merges them (in four chunks, percentile's
     ranges moved by up to 3.7% of their width, entropy's by up to 9.3%: tests/test_quantization.py).
     """
     from onnxruntime.quantization.calibrate import create_calibrator
