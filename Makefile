@@ -46,4 +46,4 @@ test-notebooks: setup
 	$(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider
 
 clean:
-	rm -rf outputs/*/ .pytest_cache
+	rm -rf outputs/*/ outputs/.cache .pytest_cache

@@ -1,5 +1,5 @@
-"""Order: the notebook pipelines (minutes each) first, so that `pytest -n 2` (make test) starts them
-at once on both workers and the short tests fill the time around them."""
+"""Order: the notebook pipelines (minutes each) first, so that with `make test TEST_WORKERS=2` both
+workers start on them at once and the short tests fill the time around them."""
 from __future__ import annotations
 
 

@@ -1,4 +1,6 @@
 """ONNX export, ONNX Runtime and the PyTorch compilers against PyTorch eager on the same inputs."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -65,6 +67,47 @@ def test_external_data_is_counted_and_loaded(tmp_path, model, images):
     assert ox.graph_stats(ext)["parameters"] == ox.graph_stats(res.path)["parameters"]
     x = preprocess(images[:4], SPEC)
     np.testing.assert_allclose(ort_out(ext, x), ort_out(res.path, x), atol=1e-6)
+
+
+class Scaled(nn.Module):
+    """A forward that bakes a plain Python attribute into the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.scale = nn.Conv2d(3, 2, 3), 2.0
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)) * self.scale
+
+
+def test_a_repeated_export_is_copied_from_the_cache_and_any_change_exports_again(tmp_path, monkeypatch, images):
+    """The cache serves a byte-identical graph only for the same model: a changed weight, a changed
+    plain attribute or a changed sample shape exports afresh, and ONNX Runtime then agrees with the
+    changed model (never the stale graph); OPTLIB_EXPORT_CACHE=0 writes no cache."""
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path / "out"))
+    torch.manual_seed(0)
+    model, x = Scaled().eval(), preprocess(images[:2], SPEC)
+
+    def export(name, sample=x):
+        r = ox.export_onnx(model, sample, tmp_path / name / "m.onnx")
+        with torch.no_grad():
+            np.testing.assert_allclose(ort_out(r.path, x), model(x).numpy(), atol=ox.FP32_TOLERANCE)
+        return r
+
+    first, again = export("a"), export("b")
+    assert first.cached_from is None and again.cached_from is not None and again.seconds == first.seconds
+    assert [Path(p).read_bytes() for p in (first.path, *first.external_data_files)] == [
+        Path(p).read_bytes() for p in (again.path, *again.external_data_files)]
+    with torch.no_grad():
+        model.conv.bias.add_(1.0)
+    assert export("weights").cached_from is None
+    model.scale = 3.0
+    assert export("attribute").cached_from is None
+    assert export("sample", preprocess(images[:3], SPEC)).cached_from is None  # the shape is in the key
+    assert export("same again").cached_from is not None
+    monkeypatch.setenv("OPTLIB_EXPORT_CACHE", "0")
+    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path / "off-root"))
+    assert export("off").cached_from is None and not (tmp_path / "off-root").exists()
 
 
 def test_simplification_preserves_outputs(tmp_path, model, images):

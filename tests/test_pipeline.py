@@ -326,7 +326,7 @@ def test_user_size_example_is_the_template_pointed_at_a_resnet50_checkpoint_and_
     assert changed == {("model", "arch"), ("model", "checkpoint"), ("data", "root"), ("data", "train_root"),
                        ("data", "image_size"), ("data", "positive_class")}
     assert set(params) == set(template) and params["target"] == "xray-resnet50"
-    params["bench"].update(warmup=1, block_seconds=0.05, trials=2, min_trials=2, batch_sizes=[1, 4])
+    params["bench"].update(warmup=1, block_seconds=0.05, trials=2, min_trials=2, batch_sizes=[1, 4], memory=False)
     mine = tmp_path / "mine.yaml"
     mine.write_text(yaml.safe_dump(params))
     out = run_cli(["run", "--params", str(mine), "--notebooks", "00,01", "--budget-minutes", "30"], tmp_path).stdout

@@ -88,6 +88,16 @@ def test_the_estimate_follows_the_params():
         pytest.approx(2 * t.loc["02_onnx_and_compilers", "measuring_s"])
     untrained = plan.Probe(probe.forward_s, 0.5, 64, 3.0, {"test": 1000, "train": 0, "pool": 0}, 21)
     assert plan.estimate(p, untrained).loc["06_pruning", "training_s"] == 0
+    # calibration is priced where it runs: nothing without a training side; a study on larger sizes
+    # or with the histogram methods costs more than one on fewer images with min-max alone
+    cal = plan.estimate(p, untrained).loc[["04_int8_ptq", "04b_int8_studies", "07_tensorrt"], "conversions_s"]
+    assert (cal < t.loc[cal.index, "conversions_s"]).all()
+    small = from_dict({"quant": {"study_sizes": [1, 10], "methods": ["minmax"]}})
+    large = from_dict({"quant": {"study_sizes": [1, 10, 500], "methods": ["minmax"]}})
+    hist = from_dict({"quant": {"study_sizes": [1, 10], "methods": ["minmax", "entropy"]}})
+    cost = {k: plan.estimate(q, probe).loc["04b_int8_studies", "conversions_s"] for k, q in
+            {"small": small, "large": large, "hist": hist}.items()}
+    assert cost["small"] < cost["large"] and cost["small"] < cost["hist"]
     assert set(t["dominant"]) <= {"measuring", "evaluating", "memory_children", "training", "conversions", "other"}
 
 
@@ -128,6 +138,8 @@ def test_a_budget_cuts_in_order_until_the_estimate_fits():
             least.finetune.max_steps) == (plan.MIN_SENSITIVITY_IMAGES, 2, 2, plan.MIN_FINETUNE_STEPS)
     assert (given.quant.sensitivity_images, given.prune.iterative_steps, given.memory.search_probes,
             given.finetune.max_steps) == (2000, 3, 3, None)
+    # the calibration study loses its largest sizes first and keeps two (cpu.yaml: 10, 100, 500)
+    assert (given.quant.study_sizes, least.quant.study_sizes) == ([10, 100, 500], [10, 100])
     assert fitted.data.max_test_images is None or fitted.data.max_test_images >= plan.MIN_TEST_IMAGES
 
 

@@ -6,10 +6,12 @@ turns it into seconds per chapter with the cost model below, and says which term
 
 The cost model counts what each chapter does from the params (the configurations it measures, the
 images each one evaluates, the training epochs of fine-tuning, a child process per configuration's
-memory) and prices each at the probe's eager FP32 speed. Every configuration is priced as if it
-ran as fast as eager FP32: the compressed ones (INT8, pruned) run several times faster, so the
-measuring terms of chapters 04 to 07 and 99 are upper bounds; chapters 00 to 02 (training, FP32
-runtimes) are what the estimate is checked against (docs/runs.md: planned against actual).
+memory, ONNX Runtime's calibrations) and prices each at the probe's eager FP32 speed. Every
+configuration is priced as if it ran as fast as eager FP32 but two that ran slower at the user's
+size (QAT's fake-quantized steps, TensorRT's Q/DQ graph on a CPU: the constants below): the
+compressed ones (INT8, pruned) run several times faster, so the measuring terms of chapters 04 to 07
+and 99 are upper bounds; chapters 00 to 02 (training, FP32 runtimes) are what the estimate is
+checked against (docs/runs.md: planned against actual).
 """
 from __future__ import annotations
 
@@ -34,6 +36,15 @@ EXPORT_FORWARDS = 60  # an ONNX export and its check, in eager calls
 TRAIN_STEP_OVERHEAD = 1.25
 CHAPTER_OVERHEAD_S = 20.0
 PRUNED_STEP_FLOOR = 0.25  # a pruned model's step costs its share of the MACs, never below this (fixed costs)
+# Measured on the user-size run of 2026-12-07 (ResNet50 at 224, 2 cores), where the plan had run
+# short: a fake-quantized QAT step took 2.6 times the probe's plain step (716 s against 277 s);
+# TensorRT's signed Q/DQ graph ran 1.35 times eager's time in ONNX Runtime on the CPU (73 against
+# 54 ms); ONNX Runtime's calibration of the full graph and its stages cost, per calibration image,
+# this many eager calls at batch 1 (100 images: min-max 23 s, percentile 153 s, entropy 222 s).
+QAT_STEP_COST = 2.6
+QDQ_CPU_COST = 1.35
+CALIBRATION_FORWARDS = {"minmax": 4, "percentile": 27, "entropy": 39}
+NNCF_FORWARDS = 4  # NNCF's calibration and quantization per image (100 images: 20 s at that size)
 
 
 @dataclass
@@ -178,15 +189,22 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
     work["03_fp16_bf16"] = {"configurations": 2 + variants + 2 * int(pc.compile) + int(pc.onnx_fp16) + 1,
                             "evaluations": 2 + variants + 2 * int(pc.compile) + int(pc.onnx_fp16) + 1, "epochs": 0,
                             "conversions": EXPORT_FORWARDS * 2 + COMPILE_FORWARDS * 2 * int(pc.compile)}
+
+    def calibrating(images: int, methods) -> float:  # ONNX Runtime calibrations, in eager calls at batch 1
+        return images * sum(CALIBRATION_FORWARDS.get(m, CALIBRATION_FORWARDS["entropy"]) for m in methods) \
+            if calibrates else 0
+
     static = len(dict.fromkeys([q.method, *q.methods])) if calibrates else 0
     int8 = (2 + int(q.dynamic) + static + (1 + 3 * int(q.compare_formats) + int(q.pytorch_native) + int(q.pt2e)
                                            + (len(q.exclude_top_k) if q.sensitivity else 0) if calibrates else 0))
     sens_images = min(q.sensitivity_images or p.images["test"], p.images["test"])
     work["04_int8_ptq"] = {"configurations": int8, "evaluations": int8 + 1
                            + (p.layers * sens_images / max(p.images["test"], 1) if q.sensitivity and calibrates else 0),
-                           "epochs": 0, "conversions": EXPORT_FORWARDS * 2 + COMPILE_FORWARDS * int(q.pt2e)}
+                           "epochs": 0, "conversions": EXPORT_FORWARDS * 2 + COMPILE_FORWARDS * int(q.pt2e)
+                           + calibrating(q.calibration_size, dict.fromkeys([q.method, *q.methods]))}
     study = len(q.methods) * len(q.study_sizes) * len(q.study_seeds) if calibrates else 0
-    work["04b_int8_studies"] = {"configurations": 0, "evaluations": study, "epochs": 0, "conversions": EXPORT_FORWARDS}
+    work["04b_int8_studies"] = {"configurations": 0, "evaluations": study, "epochs": 0, "conversions": EXPORT_FORWARDS
+                                + calibrating(sum(q.study_sizes) * len(q.study_seeds), q.methods)}
     f = P.finetune
     ft_images = min(p.images["train"], f.train_images or p.images["train"])
     ft_batch = f.batch_size or P.train.batch_size
@@ -197,8 +215,8 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
         steps = epochs * math.ceil(ft_images / ft_batch)
         return (steps if f.max_steps is None else min(steps, f.max_steps)) / math.ceil(p.images["train"] / ft_batch)
 
-    work["05_int8_qat"] = {"configurations": 3 if calibrates else 2, "evaluations": 3, "epochs": 1.5 * ft(q.qat_epochs),
-                           "conversions": EXPORT_FORWARDS}
+    work["05_int8_qat"] = {"configurations": 3 if calibrates else 2, "evaluations": 3,
+                           "epochs": QAT_STEP_COST * ft(q.qat_epochs), "conversions": EXPORT_FORWARDS}
     # as PruningStudy.structured_sweep plans them: every criterion per layer, the first globally
     swept = (pr.ratios * len(pr.criteria) if "layer" in pr.scopes else []) + (pr.ratios if "global" in pr.scopes else [])
     if pr.measure_unrounded and pr.round_to is not None:
@@ -221,17 +239,26 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
     backends = 2 + int(pr.int8) * (1 + len(pr.ort_threads)) + int(pr.int8)  # eager, ORT FP32, ORT / OpenVINO INT8
     measured_models = min(2, structured) + int(iterative) + int(pr.dense_control)
     unstructured = len(pr.unstructured_criteria) * len(pr.unstructured_scopes) * len(pr.sparsities)
+    int8_models = (1 + measured_models) * int(pr.int8)  # the dense model and each measured one, ORT and NNCF
     work["06_pruning"] = {"configurations": 4 + 2 + backends * measured_models,
                           "evaluations": 4 + 2 + backends * measured_models + unstructured + structured * 2,
-                          "epochs": tuned, "conversions": EXPORT_FORWARDS * (2 + 2 * measured_models)}
-    work["07_tensorrt"] = {"configurations": 2, "evaluations": 2, "epochs": 0, "conversions": EXPORT_FORWARDS}
+                          "epochs": tuned, "conversions": EXPORT_FORWARDS * (2 + 2 * measured_models)
+                          + int8_models * (calibrating(q.calibration_size, [q.method])
+                                           + NNCF_FORWARDS * q.calibration_size * calibrates)}
+    # eager, ONNX Runtime FP32 and the Q/DQ graph (GPU configurations skip on a CPU)
+    work["07_tensorrt"] = {"configurations": 2 + int(calibrates), "evaluations": 2 + int(calibrates),
+                           "weight": (2 + QDQ_CPU_COST * calibrates) / (2 + int(calibrates)), "epochs": 0,
+                           "conversions": EXPORT_FORWARDS + calibrating(q.calibration_size, [q.method])}
     train_configs = len(mem.precisions) * (1 + len(mem.checkpoint))
     step_at = {b: p.train_step_s * b / p.train_batch for b in mem.batch_sizes}
     memory_s = train_configs * sum(p.child_s + (mem.steps + mem.trials) * step_at[b] for b in mem.batch_sizes)
     memory_s += mem.search_probes * (p.child_s + mem.steps * step_at[max(mem.batch_sizes)] * 2)
     work["08_training_memory"] = {"configurations": 0, "evaluations": 0, "epochs": 0, "conversions": 0, "other_s": memory_s}
     finalists = P.comparison.max_finalists + (6 if P.comparison.factorial else 0) + 1
-    work["99_comparison"] = {"configurations": finalists, "evaluations": finalists, "epochs": 0, "conversions": 0,
+    # the finalists are rebuilt from their recipes: about half of them INT8, calibrated again
+    work["99_comparison"] = {"configurations": finalists, "evaluations": finalists, "epochs": 0,
+                             "conversions": finalists // 2 * (calibrating(q.calibration_size, [q.method])
+                                                              + EXPORT_FORWARDS),
                              "other_s": P.comparison.fresh_processes * (p.child_s + measuring_seconds(P.bench, p) / 2)}
     return work
 
@@ -246,8 +273,9 @@ def estimate(params: Params, p: Probe, notebooks: list[str] | None = None) -> pd
     for nb, w in chapter_work(params, p).items():
         if notebooks is not None and nb not in notebooks:
             continue
-        terms = {"measuring_s": w["configurations"] * per_config,
-                 "evaluating_s": w["evaluations"] * per_eval,
+        weight = w.get("weight", 1.0)  # configurations slower than eager FP32
+        terms = {"measuring_s": w["configurations"] * per_config * weight,
+                 "evaluating_s": w["evaluations"] * per_eval * weight,
                  "memory_children_s": w["configurations"] * p.child_s if params.bench.memory else 0.0,
                  "training_s": _epochs_seconds(w["epochs"], p),
                  "conversions_s": w["conversions"] * p.forward_s[1],
@@ -338,7 +366,8 @@ SHRINKS = [
     ("precision.channels_last", _off, "no channels_last variants in 03"),
     ("quant.compare_formats", _off, "no QOperator / per-tensor / s8s8 formats in 04"),
     ("quant.study_seeds", _first, "one calibration seed in 04b"),
-    ("quant.study_sizes", lambda v, d: v[-1:] if len(v) > 1 else None, "one calibration size in 04b"),
+    ("quant.study_sizes", lambda v, d: sorted(v)[:-1] if len(v) > 2 else None,
+     "the calibration study without its largest sizes (04b)"),
     ("quant.sensitivity_images", _sensitivity_images, "layer sensitivity ranked on fewer evaluated images"),
     ("prune.dense_control", _off, "no dense control in 06"),
     ("prune.sparsities", _middle, "one unstructured sparsity"),

@@ -4,10 +4,24 @@
 "output", a dynamic batch axis, constant folding on; the opset actually written is read back
 from the file (torch 2.14's default exporter keeps 18 when asked for less). Weights may live in
 an external `<name>.onnx.data` file: `onnx_size_bytes` and every loader here account for it.
+
+Exports are cached under `<outputs>/.cache/onnx-export/` (`OPTLIB_EXPORT_CACHE=0` turns it off):
+chapters 02-07 and 99 export the same model again and again, each a fresh kernel. The key is
+everything the exporter reads: every parameter, buffer and plain tensor attribute (bytes, dtype,
+shape), the module tree (`repr`) and the source of each module class, the sample's shape and
+dtype, the config, the file name, this module's export code and the torch / onnx / onnxscript
+versions. A hit copies the files byte for byte and keeps the export's own seconds, with
+`ExportResult.cached_from` naming the entry.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import os
 import re
+import shutil
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -64,6 +78,7 @@ class ExportResult:
     seconds: float
     size_bytes: int
     external_data_files: list[str]
+    cached_from: str | None = None  # the cache entry a hit copied (`seconds` is that export's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +174,10 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path,
     config = config or ExportConfig()
     path = _fresh_target(path)
     model = model.eval()
+    key = _cache_key(model, sample, config, path.name)
+    hit = _from_cache(key, path) if key else None
+    if hit is not None:
+        return hit
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -179,8 +198,108 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path,
     except Exception as e:
         raise ExportError(_explain(e, config.exporter, model)) from e
     seconds = time.perf_counter() - t0
-    return ExportResult(str(path), config.exporter, config.opset, opset_of(path), seconds,
-                        onnx_size_bytes(path), [str(p) for p in external_data_files(path)])
+    result = ExportResult(str(path), config.exporter, config.opset, opset_of(path), seconds,
+                          onnx_size_bytes(path), [str(p) for p in external_data_files(path)])
+    if key:
+        _to_cache(key, path, result)
+    return result
+
+
+def export_cache_dir() -> Path | None:
+    """Where exports are cached, or None when OPTLIB_EXPORT_CACHE is 0."""
+    from ..core import paths
+
+    if os.environ.get("OPTLIB_EXPORT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    return paths.output_root() / ".cache" / "onnx-export"
+
+
+def _versions() -> dict:
+    try:
+        import onnxscript
+
+        script = onnxscript.__version__
+    except ImportError:  # the torchscript exporter needs none
+        script = None
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": script}
+
+
+def _cache_key(model: nn.Module, sample: torch.Tensor, config: ExportConfig, name: str) -> str | None:
+    """A digest of everything the export of `model` on `sample` depends on (module docstring), or
+    None (no caching) when the cache is off or something in the model cannot be hashed."""
+    if export_cache_dir() is None:
+        return None
+    h = hashlib.sha256()
+    try:
+        sources = {f"{c.__module__}.{c.__qualname__}": _source_of(c) for c in {type(m) for m in model.modules()}}
+        code = _source_of(_dynamic_shapes_for)
+        modules = {prefix: {"attributes": {k: v for k, v in vars(m).items() if _plain(v)},
+                            "hooks": [_source_of(f) for hooks in (m._forward_pre_hooks, m._forward_hooks)
+                                      for f in hooks.values()]}
+                   for prefix, m in model.named_modules(remove_duplicate=False)}
+        h.update(json.dumps({"schema": 1, "name": name, "config": asdict(config), "versions": _versions(),
+                             "sample": [list(sample.shape), str(sample.dtype)], "repr": repr(model),
+                             "classes": sources, "modules": modules, "code": [_source_of(export_onnx), code]},
+                            sort_keys=True).encode())
+        tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+        for prefix, m in model.named_modules(remove_duplicate=False):  # plain tensor attributes trace as constants
+            tensors += [(f"{prefix}.{k}", v) for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+        for n, t in tensors:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{n}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    except Exception:  # a quantized or otherwise unusual tensor: export without the cache
+        return None
+    return h.hexdigest()
+
+
+def _plain(v) -> bool:
+    """A Python value a forward may bake into the graph as a constant (a threshold, a flag, a size)."""
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _source_of(obj) -> str:
+    """A digest of a class's or function's source, or its qualified name where none is kept."""
+    try:
+        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
+    except (OSError, TypeError):
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def _from_cache(key: str, path: Path) -> ExportResult | None:
+    """Copy a cached export to `path` (its external data beside it), or None on a miss."""
+    entry = export_cache_dir() / key
+    try:
+        meta = json.loads((entry / "export.json").read_text())
+        for f in meta["files"]:
+            shutil.copyfile(entry / f, path.parent / f)
+    except (OSError, ValueError, KeyError):
+        for f in [path, *path.parent.glob(path.name + ".data")]:
+            f.unlink(missing_ok=True)
+        return None
+    return ExportResult(str(path), meta["exporter"], meta["opset_requested"], meta["opset_written"], meta["seconds"],
+                        onnx_size_bytes(path), [str(p) for p in external_data_files(path)], cached_from=str(entry))
+
+
+def _to_cache(key: str, path: Path, result: ExportResult) -> None:
+    """Keep a copy of a fresh export, whole or not at all (written aside, then renamed)."""
+    root, tmp = export_cache_dir(), None
+    if (root / key).exists():
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
+        files = [path.name, *(Path(p).name for p in result.external_data_files)]
+        for f in files:
+            shutil.copyfile(path.parent / f, tmp / f)
+        meta = {k: getattr(result, k) for k in ("exporter", "opset_requested", "opset_written", "seconds")}
+        (tmp / "export.json").write_text(json.dumps({**meta, "files": files, "source": str(path)}))
+        tmp.rename(root / key)
+    except OSError:  # another process wrote it first, or no room: the export itself stands
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _dynamic_shapes_for(model: nn.Module, dyn: dict | None):
@@ -251,7 +370,8 @@ class Graphs:
     def info(self) -> dict:
         e = self.exports["model"]
         return {"exporter": e.exporter, "opset_requested": e.opset_requested, "opset_written": e.opset_written,
-                "export_seconds": self.export_seconds, "simplified": self.simplified, "model_path": self.paths["model"],
+                "export_seconds": self.export_seconds, "export_cached": e.cached_from is not None,
+                "simplified": self.simplified, "model_path": self.paths["model"],
                 "graph": graph_stats(self.paths["model"])["ops"]}
 
 
