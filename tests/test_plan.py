@@ -1,6 +1,7 @@
 """The plan before a run: its count of a configuration's timed calls against the calls the harness
 really makes (a counting runner on a fake clock), the image counts against a folder written here,
 and the plan command end to end on the smoke params."""
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -98,6 +99,15 @@ def test_the_estimate_follows_the_params():
     cost = {k: plan.estimate(q, probe).loc["04b_int8_studies", "conversions_s"] for k, q in
             {"small": small, "large": large, "hist": hist}.items()}
     assert cost["small"] < cost["large"] and cost["small"] < cost["hist"]
+    # chapter 03's PyTorch variants at their price on the CPU the probe read: slower where it lacks
+    # FP16 arithmetic and BF16 kernels (the slow round, priced on its own), unknown ones as FP32
+    avx2 = {"onednn_bf16_supported": False, "avx512_fp16": False, "amx_fp16": False}
+    amx = {"onednn_bf16_supported": True, "avx512_fp16": True, "amx_fp16": True}
+    minutes = {name: plan.estimate(p, dataclasses.replace(probe, capabilities=caps)).loc["03_fp16_bf16"]
+               for name, caps in {"unknown": {}, "amx": amx, "avx2": avx2}.items()}
+    assert minutes["amx"]["total_min"] < minutes["avx2"]["total_min"]
+    assert plan.CHAPTER_OVERHEAD_S == minutes["unknown"]["other_s"] < minutes["amx"]["other_s"] < minutes["avx2"][
+        "other_s"]  # the slow round: none, FP16 alone, every variant
     assert set(t["dominant"]) <= {"measuring", "evaluating", "memory_children", "training", "conversions", "other"}
 
 

@@ -7,11 +7,12 @@ turns it into seconds per chapter with the cost model below, and says which term
 The cost model counts what each chapter does from the params (the configurations it measures, the
 images each one evaluates, the training epochs of fine-tuning, a child process per configuration's
 memory, ONNX Runtime's calibrations) and prices each at the probe's eager FP32 speed. Every
-configuration is priced as if it ran as fast as eager FP32 but two that ran slower at the user's
-size (QAT's fake-quantized steps, TensorRT's Q/DQ graph on a CPU: the constants below): the
-compressed ones (INT8, pruned) run several times faster, so the measuring terms of chapters 04 to 07
-and 99 are upper bounds; chapters 00 to 02 (training, FP32 runtimes) are what the estimate is
-checked against (docs/runs.md: planned against actual).
+configuration is priced as if it ran as fast as eager FP32 but those that ran slower at the user's
+size (QAT's fake-quantized steps, TensorRT's Q/DQ graph on a CPU, FP16 and BF16 where the CPU the
+probe reads lacks their kernels: the constants below): the compressed ones (INT8, pruned) run
+several times faster, so the measuring terms of chapters 04 to 07 and 99 are upper bounds; chapters
+00 to 02 (training, FP32 runtimes) are what the estimate is checked against (docs/runs.md: planned
+against actual).
 """
 from __future__ import annotations
 
@@ -38,13 +39,20 @@ CHAPTER_OVERHEAD_S = 20.0
 PRUNED_STEP_FLOOR = 0.25  # a pruned model's step costs its share of the MACs, never below this (fixed costs)
 # Measured on the user-size run of 2026-12-07 (ResNet50 at 224, 2 cores), where the plan had run
 # short: a fake-quantized QAT step took 2.6 times the probe's plain step (716 s against 277 s);
-# TensorRT's signed Q/DQ graph ran 1.35 times eager's time in ONNX Runtime on the CPU (73 against
-# 54 ms); ONNX Runtime's calibration of the full graph and its stages cost, per calibration image,
-# this many eager calls at batch 1 (100 images: min-max 23 s, percentile 153 s, entropy 222 s).
+# TensorRT's signed Q/DQ graph ran slower than eager in ONNX Runtime on the CPU: 1.35 times at batch 1
+# (73 against 54 ms), 1.7 times over the evaluated images (87 against 51 s); ONNX Runtime's
+# calibration of the full graph and its stages cost, per calibration image, this many eager calls
+# at batch 1 (100 images: min-max 23 s in 04 and 52 s in 07, percentile 153 s, entropy 222 s).
 QAT_STEP_COST = 2.6
-QDQ_CPU_COST = 1.35
-CALIBRATION_FORWARDS = {"minmax": 4, "percentile": 27, "entropy": 39}
+QDQ_CPU_COST = 1.7
+CALIBRATION_FORWARDS = {"minmax": 9, "percentile": 27, "entropy": 39}
 NNCF_FORWARDS = 4  # NNCF's calibration and quantization per image (100 images: 20 s at that size)
+# Chapter 03's PyTorch variants, in eager FP32 calls: FP16 ran 1.5 times eager on the AMX-FP16 Xeon
+# (77 to 82 ms against 54 at the user's size) and about 10 times where the CPU has no FP16
+# arithmetic; BF16 without oneDNN's BF16 kernels 13 times in the default layout and 1.5 in
+# channels_last (ResNet18 at 64x64 on an AVX2-only EPYC, 2026-12-02), with them as fast as FP32.
+FP16_CPU_COST = {"native": 1.5, "emulated": 10.0}
+BF16_REFERENCE_KERNELS_COST = {"default": 13.0, "channels_last": 1.5}
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Probe:
     images: dict[str, int] = field(default_factory=dict)
     layers: int = 0  # Conv2d / Linear layers (layer sensitivity quantizes each alone)
     seconds: float = 0.0  # what the probe itself took
+    capabilities: dict = field(default_factory=dict)  # precision.cpu_capabilities() on a CPU target; {} unknown
 
 
 def _count_images(root: str | None, cap: int | None = None) -> int:
@@ -128,7 +137,30 @@ def probe(params: Params) -> Probe:
                    capture_output=True, timeout=300)
     child = time.perf_counter() - c0
     layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
-    return Probe(forward, train_step, batch, child, image_counts(params), layers, time.perf_counter() - t0)
+    caps = {}
+    if params.device == "cpu":
+        from ..techniques.precision import cpu_capabilities
+
+        caps = cpu_capabilities()
+    return Probe(forward, train_step, batch, child, image_counts(params), layers, time.perf_counter() - t0, caps)
+
+
+def variant_cost(kind: str, channels_last: bool, capabilities: dict) -> tuple[float, bool]:
+    """(eager FP32 calls a call of chapter 03's PyTorch variant `kind` costs, whether it goes to the
+    slow round) on a CPU with these capabilities; unknown capabilities ({}) price it as FP32."""
+    from ..techniques.precision import Variant
+
+    if not capabilities:
+        return 1.0, False
+    v = Variant(kind, channels_last)
+    if v.precision == "fp16":
+        native = capabilities.get("amx_fp16") or capabilities.get("avx512_fp16")
+        cost = FP16_CPU_COST["native" if native else "emulated"]
+    elif capabilities.get("onednn_bf16_supported"):
+        cost = 1.0
+    else:
+        cost = BF16_REFERENCE_KERNELS_COST["channels_last" if channels_last else "default"]
+    return cost, v.slow_on_cpu(capabilities)
 
 
 # --- the cost model ------------------------------------------------------------------------------
@@ -177,7 +209,7 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
     work = {
         "00_data_and_model": {"configurations": 0, "evaluations": 1,
                               "epochs": P.train.epochs if embedded_training else 0, "conversions": 0},
-        "01_baseline": {"configurations": 2, "evaluations": 1, "epochs": 0, "conversions": 0},
+        "01_baseline": {"configurations": 2, "evaluations": 2, "epochs": 0, "conversions": 0},  # eager and its twin
         "02_onnx_and_compilers": {"configurations": 1 + int(P.compilers.channels_last) + int(P.compilers.torchscript)
                                   + len(P.compilers.compile_modes) + ort + 1,
                                   "evaluations": 2 + int(P.compilers.channels_last) + int(P.compilers.torchscript)
@@ -185,10 +217,24 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
                                   "epochs": 0, "conversions": EXPORT_FORWARDS * 2
                                   + COMPILE_FORWARDS * len(P.compilers.compile_modes)},
     }
-    variants = len(pc.variants) * (2 if pc.channels_last else 1)
-    work["03_fp16_bf16"] = {"configurations": 2 + variants + 2 * int(pc.compile) + int(pc.onnx_fp16) + 1,
-                            "evaluations": 2 + variants + 2 * int(pc.compile) + int(pc.onnx_fp16) + 1, "epochs": 0,
-                            "conversions": EXPORT_FORWARDS * 2 + COMPILE_FORWARDS * 2 * int(pc.compile)}
+    # the PyTorch variants at their price on this CPU; the slow ones in a round of their own (fewer
+    # calls, eager FP32 again beside them), the rest timed with the others
+    costs = [variant_cost(v, cl, p.capabilities if P.device == "cpu" else {})
+             for v in pc.variants for cl in ([False, True] if pc.channels_last else [False])]
+    fast = [c for c, slow in costs if not slow]
+    slow = [c for c, is_slow in costs if is_slow]
+    others = 2 + 2 * int(pc.compile) + int(pc.onnx_fp16) + 1
+    slow_round = 0.0
+    if slow:
+        from ..chapters.precision import slow_params
+
+        slow_bench = slow_params(P).bench
+        per_eval = (p.images["test"] + p.images["pool"]) * _per_image(p, P.bench)
+        slow_round = (1 + sum(slow)) * measuring_seconds(slow_bench, p) + sum(slow) * per_eval
+    work["03_fp16_bf16"] = {"configurations": others + len(fast), "evaluations": others + len(fast),
+                            "weight": (others + sum(fast)) / (others + len(fast)), "epochs": 0,
+                            "conversions": EXPORT_FORWARDS * 2 + COMPILE_FORWARDS * 2 * int(pc.compile),
+                            "other_s": slow_round}
 
     def calibrating(images: int, methods) -> float:  # ONNX Runtime calibrations, in eager calls at batch 1
         return images * sum(CALIBRATION_FORWARDS.get(m, CALIBRATION_FORWARDS["entropy"]) for m in methods) \
