@@ -340,8 +340,8 @@ def describe(params: Params, p: Probe, table: pd.DataFrame) -> str:
     return (f"Probe ({p.seconds:.0f} s, {params.bench.threads} threads, {params.data.image_size}x{params.data.image_size}): "
             f"eager FP32 {fw}; a training step at batch {p.train_batch}: {p.train_step_s:.2f} s; a fresh process "
             f"{p.child_s:.1f} s. Images: {p.images['test']} evaluated, {p.images['train']} training, "
-            f"{p.images['pool']} in the pool.\nEstimated {total:.0f} min in all (every configuration priced at eager "
-            f"FP32's speed: an upper bound for 04-07 and 99). Longest: "
+            f"{p.images['pool']} in the pool.\nEstimated {total:.0f} min in all (the compressed configurations "
+            f"priced at eager FP32's speed: an upper bound for 04-07 and 99). Longest: "
             + "; ".join(f"{nb} {row.total_min:.0f} min ({row.dominant})" for nb, row in top.iterrows())
             + ".\nWhat shortens each term: measuring, bench.block_seconds or fewer bench.trials / bench.batch_sizes; "
               "evaluating, data.max_test_images or a smaller pool; training, prune.finetune_epochs, quant.qat_epochs "
