@@ -58,6 +58,31 @@ def test_atomic_write_keeps_old_file_on_failure(monkeypatch, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["pytorch-fp32.json"]  # no temp file left
 
 
+def test_atomic_folder_is_whole_or_absent_and_an_ordinary_folder(tmp_path):
+    import os
+    import stat
+
+    from optlib.core.io import atomic_folder
+
+    target = tmp_path / "deploy"
+    with atomic_folder(target) as d:
+        (d / "a.txt").write_text("first")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777 & ~umask  # not mkdtemp's private 0700
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as d:
+            (d / "a.txt").write_text("half")
+            raise RuntimeError("stopped midway")
+    assert (target / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+    with atomic_folder(target, replace=False) as d:  # a cache entry another process wrote first stays
+        (d / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["a.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+    with atomic_folder(target) as d:
+        (d / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+
+
 def test_status_and_reason_validated():
     with pytest.raises(ValueError, match="status"):
         rec(status="maybe")

@@ -1,15 +1,19 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never a half-written one.
+"""Atomic writes: a crash leaves the old file or folder or the new one, never a half-written one.
 
-Every writer in optlib (records, the model cache, reports, studies) goes through `atomic_write`.
+Every file writer in optlib (records, the model cache, reports, studies) goes through
+`atomic_write`; every folder written as a whole (the hand-off, the example's image folders, the
+export cache's entries) through `atomic_folder`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,6 +37,36 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+@contextmanager
+def atomic_folder(path: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty folder beside `path` to fill; on a clean exit it is renamed to `path`. An
+    existing `path` is replaced (set aside, then removed) or, with `replace=False`, kept and the new
+    folder dropped. On any error the new folder is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes the folder private; the result is an ordinary one
+        if path.exists() and not replace:
+            shutil.rmtree(tmp)
+            return
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if old.exists() and not path.exists():
+                old.rename(path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def json_safe(obj):

@@ -165,9 +165,10 @@ def variant_cost(kind: str, channels_last: bool, capabilities: dict) -> tuple[fl
 
 # --- the cost model ------------------------------------------------------------------------------
 
-def _per_image(p: Probe, bench: BenchParams) -> float:
+def _per_evaluation(p: Probe, bench: BenchParams) -> float:
+    """One configuration's pass over the evaluated images and the pool, at eager speed."""
     bs = bench.eval_batch_size
-    return p.forward_s[bs] / bs
+    return (p.images["test"] + p.images["pool"]) * p.forward_s[bs] / bs
 
 
 def measuring_calls(bench: BenchParams, first_call_s: float | None = None) -> dict[int, float]:
@@ -229,8 +230,7 @@ def chapter_work(params: Params, p: Probe) -> dict[str, dict]:
         from ..chapters.precision import slow_params
 
         slow_bench = slow_params(P).bench
-        per_eval = (p.images["test"] + p.images["pool"]) * _per_image(p, P.bench)
-        slow_round = (1 + sum(slow)) * measuring_seconds(slow_bench, p) + sum(slow) * per_eval
+        slow_round = (1 + sum(slow)) * measuring_seconds(slow_bench, p) + sum(slow) * _per_evaluation(p, P.bench)
     work["03_fp16_bf16"] = {"configurations": others + len(fast), "evaluations": others + len(fast),
                             "weight": (others + sum(fast)) / (others + len(fast)), "epochs": 0,
                             "conversions": EXPORT_FORWARDS * 2 + COMPILE_FORWARDS * 2 * int(pc.compile),
@@ -314,7 +314,7 @@ def estimate(params: Params, p: Probe, notebooks: list[str] | None = None) -> pd
     timed blocks), evaluating (every configuration's pass over the evaluated images and the pool),
     memory children, fine-tuning or training, conversions and the rest, with the dominant term."""
     per_config = measuring_seconds(params.bench, p)
-    per_eval = (p.images["test"] + p.images["pool"]) * _per_image(p, params.bench)
+    per_eval = _per_evaluation(p, params.bench)
     rows = {}
     for nb, w in chapter_work(params, p).items():
         if notebooks is not None and nb not in notebooks:

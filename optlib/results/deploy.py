@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..core import paths
+from ..core.io import atomic_folder
 from ..measurement.verdict import verdict_of, within_budget
 from ..workload.outputs import Outputs
 from . import final_round
@@ -166,9 +166,7 @@ def export(target: str, record: Record, why: str, outputs: Outputs, class_names:
     spec = dict(artifact.preprocess)
     threads = (record.device or {}).get("threads")  # the hand-off runs as the record was measured
     final = base / "deploy"
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".deploy-", dir=base))
-    try:
+    with atomic_folder(final) as tmp:
         if artifact.kind == "openvino":
             shutil.copyfile(artifact.files["model"], tmp / "model.xml")
             shutil.copyfile(artifact.files["weights"], tmp / "model.bin")
@@ -196,15 +194,6 @@ def export(target: str, record: Record, why: str, outputs: Outputs, class_names:
         (tmp / "expected.json").write_text(json.dumps(expected, indent=2))
         handed = profile_hand_off(tmp)
         (tmp / "MODEL_CARD.md").write_text(_model_card(record, why, outputs, class_names, spec, handed))
-        old = base / ".deploy-old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

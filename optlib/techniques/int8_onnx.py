@@ -158,7 +158,8 @@ def calibrate(model_path: str | Path, calibration: np.ndarray, method: str = "mi
     given (500 images of a ResNet50 at 224 pixels ran a 24 GiB machine out of memory at 22 GB), so
     the images go in chunks whose outputs fit `held_bytes`; min / max ranges merge exactly across
     chunks, histograms as ORT's collector merges them (in four chunks, percentile's
-    ranges moved by up to 3.7% of their width, entropy's by up to 9.3%: tests/test_quantization.py).
+    ranges moved by up to 3.7% of their width, tests/test_quantization.py; entropy's, searched
+    over the same merged histograms, by up to 9.3%).
     """
     from onnxruntime.quantization.calibrate import create_calibrator
 

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ..core.choices import EXPORTERS, check_choice
+from ..core.io import atomic_folder
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 # FP32 ONNX Runtime vs PyTorch on the same inputs: kernels differ (fused conv, different summation
@@ -174,8 +174,8 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path,
     config = config or ExportConfig()
     path = _fresh_target(path)
     model = model.eval()
-    key = _cache_key(model, sample, config, path.name)
-    hit = _from_cache(key, path) if key else None
+    entry = _cache_entry(model, sample, config, path.name)
+    hit = _from_cache(entry, path) if entry else None
     if hit is not None:
         return hit
     t0 = time.perf_counter()
@@ -200,8 +200,8 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path,
     seconds = time.perf_counter() - t0
     result = ExportResult(str(path), config.exporter, config.opset, opset_of(path), seconds,
                           onnx_size_bytes(path), [str(p) for p in external_data_files(path)])
-    if key:
-        _to_cache(key, path, result)
+    if entry:
+        _to_cache(entry, path, result)
     return result
 
 
@@ -224,10 +224,12 @@ def _versions() -> dict:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": script}
 
 
-def _cache_key(model: nn.Module, sample: torch.Tensor, config: ExportConfig, name: str) -> str | None:
-    """A digest of everything the export of `model` on `sample` depends on (module docstring), or
-    None (no caching) when the cache is off or something in the model cannot be hashed."""
-    if export_cache_dir() is None:
+def _cache_entry(model: nn.Module, sample: torch.Tensor, config: ExportConfig, name: str) -> Path | None:
+    """The cache folder of the export of `model` on `sample`, named by a digest of everything it
+    depends on (module docstring), or None (no caching) when the cache is off or something in the
+    model cannot be hashed."""
+    root = export_cache_dir()
+    if root is None:
         return None
     h = hashlib.sha256()
     try:
@@ -250,7 +252,7 @@ def _cache_key(model: nn.Module, sample: torch.Tensor, config: ExportConfig, nam
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     except Exception:  # a quantized or otherwise unusual tensor: export without the cache
         return None
-    return h.hexdigest()
+    return root / h.hexdigest()
 
 
 def _plain(v) -> bool:
@@ -268,9 +270,8 @@ def _source_of(obj) -> str:
         return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
-def _from_cache(key: str, path: Path) -> ExportResult | None:
+def _from_cache(entry: Path, path: Path) -> ExportResult | None:
     """Copy a cached export to `path` (its external data beside it), or None on a miss."""
-    entry = export_cache_dir() / key
     try:
         meta = json.loads((entry / "export.json").read_text())
         for f in meta["files"]:
@@ -283,23 +284,17 @@ def _from_cache(key: str, path: Path) -> ExportResult | None:
                         onnx_size_bytes(path), [str(p) for p in external_data_files(path)], cached_from=str(entry))
 
 
-def _to_cache(key: str, path: Path, result: ExportResult) -> None:
-    """Keep a copy of a fresh export, whole or not at all (written aside, then renamed)."""
-    root, tmp = export_cache_dir(), None
-    if (root / key).exists():
-        return
+def _to_cache(entry: Path, path: Path, result: ExportResult) -> None:
+    """Keep a copy of a fresh export, whole or not at all (core.io.atomic_folder)."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
-        files = [path.name, *(Path(p).name for p in result.external_data_files)]
-        for f in files:
-            shutil.copyfile(path.parent / f, tmp / f)
-        meta = {k: getattr(result, k) for k in ("exporter", "opset_requested", "opset_written", "seconds")}
-        (tmp / "export.json").write_text(json.dumps({**meta, "files": files, "source": str(path)}))
-        tmp.rename(root / key)
+        with atomic_folder(entry, replace=False) as tmp:
+            files = [path.name, *(Path(p).name for p in result.external_data_files)]
+            for f in files:
+                shutil.copyfile(path.parent / f, tmp / f)
+            meta = {k: getattr(result, k) for k in ("exporter", "opset_requested", "opset_written", "seconds")}
+            (tmp / "export.json").write_text(json.dumps({**meta, "files": files, "source": str(path)}))
     except OSError:  # another process wrote it first, or no room: the export itself stands
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        pass
 
 
 def _dynamic_shapes_for(model: nn.Module, dyn: dict | None):

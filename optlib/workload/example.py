@@ -10,7 +10,6 @@ loop states, callbacks, hyper_parameters), so every path a real one takes is exe
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..core.io import atomic_write, write_text_atomic
+from ..core.io import atomic_folder, atomic_write, write_text_atomic
 
 CLASSES = ("even", "odd")
 POSITIVE = "odd"
@@ -170,10 +169,8 @@ def build_xray_example(out: str | Path, image_size: int = 224, test_images: int 
     lo, hi = file_sizes or (image_size, int(round(image_size * 1.4)))
     for side, n, s in (("test", test_images, seed * 2 + 11), ("train", train_images, seed * 2 + 12)):
         if not (out / "data" / side).is_dir():  # drawn once: a rebuild with other steps reuses the images
-            tmp = out / "data" / f"{side}.tmp"  # whole or not at all: a build stopped midway starts it again
-            shutil.rmtree(tmp, ignore_errors=True)
-            phantoms.write_image_folder(tmp, n, s, sizes=(lo, hi), aspect=(1.0, 1.2))
-            tmp.rename(out / "data" / side)
+            with atomic_folder(out / "data" / side) as tmp:  # whole or not at all
+                phantoms.write_image_folder(tmp, n, s, sizes=(lo, hi), aspect=(1.0, 1.2))
     classes = list(phantoms.CLASSES)
     train, _, _ = load_image_folder(out / "data" / "train", classes)
     torch.manual_seed(seed)
