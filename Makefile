@@ -5,9 +5,12 @@ TARGET ?= cpu
 PARAMS ?=
 NOTEBOOKS ?=
 FORCE ?=
-# make test's pytest-xdist workers; 0: one process. Two on 2 cores were slower (CI 32.0 min against
-# 24.8-27.5 serial on 2026-12-07: each notebook runs 2 threads, so two workers oversubscribe the cores)
-TEST_WORKERS ?= 0
+# make test: the notebook pipelines (tests/test_pipeline.py) in one process, each notebook on the
+# cores its params name (two pipelines side by side oversubscribed 2 cores: CI 32.0 min against
+# 24.8-27.5 serial, 2026-12-07); then the other tests on TEST_WORKERS pytest-xdist workers, a test
+# file per worker (its module fixtures built once): 400 s on two against 614 s in one process on
+# 2026-12-07 (AMD EPYC, 2 cores). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 # Exactly one of the cpu / cuda extras per environment (onnxruntime vs onnxruntime-gpu).
 EXTRAS ?= $(if $(filter cuda,$(TARGET)),cuda,cpu),dev
 comma := ,
@@ -40,7 +43,11 @@ report: setup
 # The smoke pipeline (tests/test_pipeline.py) executes every notebook through papermill; nbval over
 # notebooks/ runs them once more with their own tiny defaults (about as small): `make test-notebooks`.
 test: setup
-	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) -p no:cacheprovider --durations=20
+	@status=0; \
+	$(PY) -m pytest tests/test_pipeline.py -p no:cacheprovider --durations=10 || status=1; \
+	$(PY) -m pytest tests --ignore=tests/test_pipeline.py $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
+	  -p no:cacheprovider --durations=20 || status=1; \
+	exit $$status
 
 test-notebooks: setup
 	$(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider

@@ -1,5 +1,5 @@
-"""Order: the notebook pipelines (minutes each) first, so that with `make test TEST_WORKERS=2` both
-workers start on them at once and the short tests fill the time around them."""
+"""Order: the notebook pipelines (minutes each) first in a plain `pytest tests`. `make test` runs
+them on their own, in one process, then the other tests on two xdist workers (Makefile)."""
 from __future__ import annotations
 
 

@@ -347,7 +347,8 @@ def test_user_size_example_is_the_template_pointed_at_a_resnet50_checkpoint_and_
 def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_path, monkeypatch):
     """params/edge.yaml as committed validates; with the smoke sizes its own chapters run: MobileNetV2
     trained here, one thread, PyTorch INT8 and QAT on the QNNPACK engine (recorded with the
-    artifact), MobileNetV2 pruned. (02 and 03 run the same code as for any model: the smoke run.)"""
+    artifact), MobileNetV2 pruned. (01, 02 and 03 run the same code as for any model: the smoke run;
+    04 writes the eager reference 01 would have written.)"""
     from optlib.core.params import from_dict
     from optlib.results.records import load_records
 
@@ -357,19 +358,21 @@ def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_pa
     smoke = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())
     edge.update(target="edge-smoke", data={"embedded": "digits", "image_size": 32, "max_test_images": 120},
                 train=smoke["train"],
-                bench={**smoke["bench"], "threads": 1, "memory": False}, compilers={"compile_modes": []})
+                bench={**smoke["bench"], "threads": 1, "trials": 2, "samples": 6}, compilers={"compile_modes": []})
     edge["quant"].update(calibration_size=16, qat_epochs=1)
     edge["prune"].update(sparsities=[0.9], ratios=[0.5], finetune_epochs=1)
     edge["precision"].update(slow_samples=2, slow_trials=1)
     f = tmp_path / "edge-smoke.yaml"
     f.write_text(yaml.safe_dump(edge))
-    run_cli(["run", "--params", str(f), "--notebooks", "00,01,04_,05,06"], tmp_path)
+    run_cli(["run", "--params", str(f), "--notebooks", "00,04_,05,06"], tmp_path)
     monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
     records = {r.name: r for r in load_records("edge-smoke")}
     assert not [r.reason for r in records.values() if r.status == "failed"]
     fx = records["pytorch-int8-static"]
     assert fx.artifact.options["engine"] == "qnnpack" and fx.kernels.label == "integer"
-    assert fx.settings["threads"] == 1 and records["pytorch-fp32"].extra["model"]["arch"] == "torchvision:mobilenet_v2"
+    eager = records["pytorch-fp32"]  # a MobileNetV2's 2.2 M weights (a ResNet18's would be 45 MB)
+    assert fx.settings["threads"] == 1 and eager.settings["threads"] == 1 and eager.size_bytes < 10e6
+    assert eager.extra["written_by"].startswith("04_int8_ptq")
     assert {"onnxruntime-int8-static-minmax", "qat-int8", "structured-l2-50-onnxruntime-int8"} <= {
         n for n, r in records.items() if r.ok}
     assert records["qat-int8"].artifact.options["engine"] == "qnnpack"
@@ -394,7 +397,7 @@ def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
     params["quant"].update(pt2e=False, study_sizes=[], compare_formats=False, methods=["minmax"])
     params["prune"].update(iterative_steps=0, scopes=["global"])
     params["precision"].update(compile=False)
-    params["memory"].update(precisions=["fp32"], checkpoint=["block"])
+    params["memory"].update(precisions=["fp32"], checkpoint=["block"], batch_sizes=[8], search_probes=0)
     params["comparison"].update(fresh_processes=0)
     f = tmp_path / "vit.yaml"
     f.write_text(yaml.safe_dump(params))
