@@ -253,6 +253,8 @@ def main(argv=None) -> int:
             p.add_argument("--format", choices=("table", "json", "csv"), default="table")
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a log file (nohup, tee) shows the plan before the run, not at exit
+        sys.stdout.reconfigure(line_buffering=True)
     args.target_given = getattr(args, "target", None) is not None
     if not args.target_given:
         args.target = "cpu"
