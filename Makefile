@@ -5,11 +5,10 @@ TARGET ?= cpu
 PARAMS ?=
 NOTEBOOKS ?=
 FORCE ?=
-# make test: the notebook pipelines (tests/test_pipeline.py) in one process, each notebook on the
-# cores its params name (two pipelines side by side oversubscribed 2 cores: CI 32.0 min against
-# 24.8-27.5 serial, 2026-12-07); then the other tests on TEST_WORKERS pytest-xdist workers, a test
-# file per worker (its module fixtures built once): 400 s on two against 614 s in one process on
-# 2026-12-07 (AMD EPYC, 2 cores). TEST_WORKERS=0: one process.
+# make test: every test file on TEST_WORKERS pytest-xdist workers, a file per worker (its module
+# fixtures built once), the two notebook-pipeline files first (tests/conftest.py, which also makes
+# OpenMP's waiting threads sleep: spinning, two 2-thread processes on 2 cores ran 4x slower each).
+# TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 # Exactly one of the cpu / cuda extras per environment (onnxruntime vs onnxruntime-gpu).
 EXTRAS ?= $(if $(filter cuda,$(TARGET)),cuda,cpu),dev
@@ -43,11 +42,8 @@ report: setup
 # The smoke pipeline (tests/test_pipeline.py) executes every notebook through papermill; nbval over
 # notebooks/ runs them once more with their own tiny defaults (about as small): `make test-notebooks`.
 test: setup
-	@status=0; \
-	$(PY) -m pytest tests/test_pipeline.py -p no:cacheprovider --durations=10 || status=1; \
-	$(PY) -m pytest tests --ignore=tests/test_pipeline.py $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
-	  -p no:cacheprovider --durations=20 || status=1; \
-	exit $$status
+	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) \
+	  -p no:cacheprovider --durations=25
 
 test-notebooks: setup
 	$(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider

@@ -1,6 +1,10 @@
 """Small builders shared by the tests."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +59,24 @@ class HoldingModel(torch.nn.Module):
 def holding_model(num_classes: int = 3) -> torch.nn.Module:
     torch.manual_seed(0)
     return HoldingModel(num_classes).eval()
+
+
+# The whole smoke pipeline took 8 min on 2026-11-25 and over 15 on 2026-12-02 (a machine about twice
+# as slow that day): the limit only catches a hung run.
+RUN_TIMEOUT_S = 3600
+
+
+def run_cli(args, out_root, check=True):
+    """`python -m optlib *args` with its outputs under `out_root`; a non-zero exit fails with its output's tail."""
+    from optlib.core import paths
+
+    env = {**os.environ, "OPTLIB_OUTPUT_ROOT": str(out_root)}
+    p = subprocess.run([sys.executable, "-m", "optlib", *args], cwd=paths.REPO_DIR, env=env,
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    if check and p.returncode != 0:
+        raise AssertionError(f"optlib {args} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def read_record(out_root, target, name):
+    return json.loads((out_root / target / "results" / f"{name}.json").read_text())

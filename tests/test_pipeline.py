@@ -1,5 +1,6 @@
 """End to end through papermill: the smoke target, and a user's binary ImageFolder with a
-Lightning checkpoint, exactly as a params file in the README's shape describes them."""
+Lightning checkpoint, exactly as a params file in the README's shape describes them. (The other
+models a user brings: tests/test_pipeline_models.py.)"""
 import json
 import os
 import subprocess
@@ -11,13 +12,8 @@ import yaml
 
 from optlib.core import paths
 from optlib.results import browser
-from tests.helpers import tiny_resnet, write_image_folder
+from tests.helpers import RUN_TIMEOUT_S, read_record, run_cli, tiny_resnet, write_image_folder
 from tests.test_checkpoints import lightning_ckpt
-
-
-# The whole smoke pipeline took 8 min on 2026-11-25 and over 15 on 2026-12-02 (a machine about twice
-# as slow that day): the limit only catches a hung run.
-RUN_TIMEOUT_S = 3600
 
 
 # Every measured record's configuration rebuilt from its artifact in one fresh process and called
@@ -41,19 +37,6 @@ for r in load_records("smoke"):
         failed[r.name] = f"{type(e).__name__}: {e}"
 print(json.dumps({"rebuilt": n, "failed": failed}))
 """
-
-
-def run_cli(args, out_root, check=True):
-    env = {**os.environ, "OPTLIB_OUTPUT_ROOT": str(out_root)}
-    p = subprocess.run([sys.executable, "-m", "optlib", *args], cwd=paths.REPO_DIR, env=env,
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    if check and p.returncode != 0:
-        raise AssertionError(f"optlib {args} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
-
-
-def read_record(out_root, target, name):
-    return json.loads((out_root / target / "results" / f"{name}.json").read_text())
 
 
 def test_smoke_pipeline_writes_records_and_report(tmp_path, monkeypatch):
@@ -311,112 +294,3 @@ def test_single_logit_custom_head_lightning_model_end_to_end(tmp_path):
         "checkpoint hyper_parameters.threshold = 0.5: agrees with model.decision_threshold = 0.5"]
     assert rec["extra"]["stage_split"] and rec["extra"]["stage_split_max_abs_diff"] < 1e-4
     assert rec["noise_floor"]["twin_flips"] == 0
-
-
-def test_user_size_example_is_the_template_pointed_at_a_resnet50_checkpoint_and_runs_to_plan(tmp_path):
-    """The user-size target (`optlib example --xray`: params/example-xray.yaml pointed at phantom
-    PNGs and a ResNet50 with an MLP head in a Lightning checkpoint) at smoke size: the params differ
-    from the template only where they point, the run prints its plan and the budget's cuts before
-    chapter 00 starts, and 01 measures the checkpoint read as the user's."""
-    from optlib.workload.example import build_xray_example
-
-    f = build_xray_example(tmp_path / "ex", image_size=32, test_images=40, train_images=24, steps=2, batch_size=8,
-                           file_sizes=(32, 40), progress=False)
-    params = yaml.safe_load(f.read_text())
-    template = yaml.safe_load((paths.PARAMS_DIR / "example-xray.yaml").read_text())
-    changed = {(sec, k) for sec in params if isinstance(params[sec], dict)
-               for k in params[sec] if params[sec][k] != template.get(sec, {}).get(k)}
-    assert changed == {("model", "arch"), ("model", "checkpoint"), ("data", "root"), ("data", "train_root"),
-                       ("data", "image_size"), ("data", "positive_class")}
-    assert set(params) == set(template) and params["target"] == "xray-resnet50"
-    params["bench"].update(warmup=1, block_seconds=0.05, trials=2, min_trials=2, batch_sizes=[1, 4], memory=False)
-    mine = tmp_path / "mine.yaml"
-    mine.write_text(yaml.safe_dump(params))
-    out = run_cli(["run", "--params", str(mine), "--notebooks", "00,01", "--budget-minutes", "30"], tmp_path).stdout
-    plan_end = out.index("[optlib] estimate")  # the plan: minutes per chapter, the probe, the total
-    assert "Estimated" in out[:plan_end] and "01_baseline" in out[:plan_end], out[-3000:]
-    assert plan_end < out.index("00_data_and_model: running")
-    assert (tmp_path / "xray-resnet50" / "params.fitted.yaml").is_file()
-    rec = read_record(tmp_path, "xray-resnet50", "pytorch-fp32")
-    m = rec["extra"]["model"]
-    assert m["checkpoint_format"] == "lightning" and m["stripped_prefix"] == "model." and m["head"] == "classifier"
-    assert m["parameters"] > 23_000_000 and rec["accuracy"]["n"] == 40  # a ResNet50 (23.5 M) and its head
-    assert rec["accuracy"]["binary"]["positive_class"] == "opacity"
-
-
-def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_path, monkeypatch):
-    """params/edge.yaml as committed validates; with the smoke sizes its own chapters run: MobileNetV2
-    trained here, one thread, PyTorch INT8 and QAT on the QNNPACK engine (recorded with the
-    artifact), MobileNetV2 pruned. (01, 02 and 03 run the same code as for any model: the smoke run;
-    04 writes the eager reference 01 would have written.)"""
-    from optlib.core.params import from_dict
-    from optlib.results.records import load_records
-
-    edge = yaml.safe_load((paths.PARAMS_DIR / "edge.yaml").read_text())
-    p = from_dict(edge, "params/edge.yaml")
-    assert (p.model.arch, p.quant.engine, p.bench.threads) == ("torchvision:mobilenet_v2", "qnnpack", 1)
-    smoke = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())
-    edge.update(target="edge-smoke", data={"embedded": "digits", "image_size": 32, "max_test_images": 120},
-                train=smoke["train"],
-                bench={**smoke["bench"], "threads": 1, "trials": 2, "samples": 6}, compilers={"compile_modes": []})
-    edge["quant"].update(calibration_size=16, qat_epochs=1)
-    edge["prune"].update(sparsities=[0.9], ratios=[0.5], finetune_epochs=1)
-    edge["precision"].update(slow_samples=2, slow_trials=1)
-    f = tmp_path / "edge-smoke.yaml"
-    f.write_text(yaml.safe_dump(edge))
-    run_cli(["run", "--params", str(f), "--notebooks", "00,04_,05,06"], tmp_path)
-    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
-    records = {r.name: r for r in load_records("edge-smoke")}
-    assert not [r.reason for r in records.values() if r.status == "failed"]
-    fx = records["pytorch-int8-static"]
-    assert fx.artifact.options["engine"] == "qnnpack" and fx.kernels.label == "integer"
-    eager = records["pytorch-fp32"]  # a MobileNetV2's 2.2 M weights (a ResNet18's would be 45 MB)
-    assert fx.settings["threads"] == 1 and eager.settings["threads"] == 1 and eager.size_bytes < 10e6
-    assert eager.extra["written_by"].startswith("04_int8_ptq")
-    assert {"onnxruntime-int8-static-minmax", "qat-int8", "structured-l2-50-onnxruntime-int8"} <= {
-        n for n, r in records.items() if r.ok}
-    assert records["qat-int8"].artifact.options["engine"] == "qnnpack"
-
-
-def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
-    """A ViT from a user-style module (optlib.workload.example:vit_classifier: torchvision's
-    VisionTransformer wrapped as self.backbone, an MLP head ending in one logit) on small phantoms,
-    trained by 00, through every chapter at the smoke sizes: no chapter lost, no configuration
-    failed but the one ONNX Runtime crashes on; pruning removes attention heads and narrows its MLPs;
-    INT8 runs integer kernels; block checkpointing finds its encoder blocks inside the wrapper."""
-    from optlib.results.records import load_records
-
-    params = yaml.safe_load((paths.PARAMS_DIR / "smoke.yaml").read_text())
-    params.update(target="vit-smoke", model={"arch": "optlib.workload.example:vit_classifier", "num_classes": 1})
-    params["data"] = {"embedded": "phantoms", "image_size": 32, "phantom_test_images": 120, "phantom_train_images": 256,
-                      "fidelity_pool_images": 0}
-    params["train"] = {"epochs": 2, "batch_size": 64, "lr": 0.001}
-    params["bench"].update(trials=2, samples=6, batch_sizes=[1, 4])
-    params["onnx"] = {"compare_optimization_levels": False}
-    params["compilers"] = {"compile_modes": [], "measure_cold_start": False}
-    params["quant"].update(pt2e=False, study_sizes=[], compare_formats=False, methods=["minmax"])
-    params["prune"].update(iterative_steps=0, scopes=["global"])
-    params["precision"].update(compile=False)
-    params["memory"].update(precisions=["fp32"], checkpoint=["block"], batch_sizes=[8], search_probes=0)
-    params["comparison"].update(fresh_processes=0)
-    f = tmp_path / "vit.yaml"
-    f.write_text(yaml.safe_dump(params))
-    run_cli(["run", "--params", str(f)], tmp_path)
-    for nb in sorted(p.stem for p in paths.NOTEBOOKS_DIR.glob("*.ipynb")):
-        assert (tmp_path / "vit-smoke" / "notebooks" / f"{nb}.ipynb").is_file(), nb
-    monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
-    records = {r.name: r for r in load_records("vit-smoke")}
-    # ONNX Runtime crashes natively (SIGSEGV) building the session of this ViT's FP16 graph: that one
-    # configuration is a failed record naming the signal and the step, and chapter 03 went on
-    failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
-    assert set(failed) <= {"onnxruntime-fp16"} and all("native crash (SIGSEGV)" in why for why in failed.values())
-    assert records["pytorch-fp32"].accuracy["outputs"]["kind"] == "sigmoid"
-    assert records["onnxruntime-int8-dynamic"].kernels.label in ("integer", "mixed")  # attention's MatMuls stay float
-    assert records["pytorch-int8-static"].kernels.label == "integer" and records["qat-int8"].ok
-    assert records["onnxruntime-int8-static-minmax"].kernels.label in ("integer", "mixed")
-    pruned = records["structured-l2-global-50-onnxruntime-fp32"].extra["pruning"]
-    assert set(map(tuple, pruned["attention_heads"].values())) == {(4, 2)} and pruned["macs_speedup"] > 1
-    assert all(".mlp.0" in path for path in pruned["channels"])
-    block = records["train-fp32-ckpt-block"].extra["training"]
-    assert block["gradients"]["equal"] and block["checkpointed"] == [
-        "backbone.encoder.layers.encoder_layer_0", "backbone.encoder.layers.encoder_layer_1"]

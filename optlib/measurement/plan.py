@@ -38,7 +38,9 @@ TRAIN_STEP_OVERHEAD = 1.25
 CHAPTER_OVERHEAD_S = 20.0
 PRUNED_STEP_FLOOR = 0.25  # a pruned model's step costs its share of the MACs, never below this (fixed costs)
 # Measured on the user-size run of 2026-12-07 (ResNet50 at 224, 2 cores), where the plan had run
-# short: a fake-quantized QAT step took 2.6 times the probe's plain step (716 s against 277 s);
+# short: a fake-quantized QAT step took 2.6 times the probe's plain step (716 s against 277 s) on a
+# Xeon with AMX, where the convolutions are fast and fake-quantization is the larger share (an AVX2
+# EPYC: 1.48 times, so there the plan errs long);
 # TensorRT's signed Q/DQ graph ran slower than eager in ONNX Runtime on the CPU: 1.35 times at batch 1
 # (73 against 54 ms), 1.7 times over the evaluated images (87 against 51 s); ONNX Runtime's
 # calibration of the full graph and its stages cost, per calibration image, this many eager calls
