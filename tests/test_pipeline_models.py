@@ -55,7 +55,8 @@ def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_pa
                 train=smoke["train"],
                 bench={**smoke["bench"], "threads": 1, "trials": 2, "samples": 6}, compilers={"compile_modes": []})
     edge["quant"].update(calibration_size=16, qat_epochs=1)
-    edge["prune"].update(sparsities=[0.9], ratios=[0.5], finetune_epochs=1)
+    edge["prune"].update(sparsities=[0.9], ratios=[0.5], finetune_epochs=1, unstructured_finetune_epochs=0)
+    edge["finetune"].update(max_steps=4)  # QAT and the pruned model's fine-tuning: what they train is not checked here
     edge["precision"].update(slow_samples=2, slow_trials=1)
     f = tmp_path / "edge-smoke.yaml"
     f.write_text(yaml.safe_dump(edge))
@@ -90,7 +91,7 @@ def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
     params["onnx"] = {"compare_optimization_levels": False}
     params["compilers"] = {"compile_modes": [], "measure_cold_start": False}
     params["quant"].update(pt2e=False, study_sizes=[], compare_formats=False, methods=["minmax"])
-    params["prune"].update(iterative_steps=0, scopes=["global"])
+    params["prune"].update(iterative_steps=0, scopes=["global"], unstructured_finetune_epochs=0, ort_threads=[])
     params["precision"].update(compile=False)
     params["memory"].update(precisions=["fp32"], checkpoint=["block"], batch_sizes=[8], search_probes=0)
     params["comparison"].update(fresh_processes=0)
