@@ -203,13 +203,10 @@ def test_torchscript_reloaded_matches_eager(tmp_path, model, images):
 def test_compile_one_mode_per_process_matches_eager(images):
     """compiled_runners compiles the first mode only (dynamo would reuse its graph for a second). On
     a ResNet with one block per stage: inductor's cold compile of three graphs is most of this test."""
-    from torchvision.models.resnet import BasicBlock, ResNet
-
     from optlib.results.values import Artifact
     from optlib.techniques.compilers import compiled_runners
 
-    torch.manual_seed(0)
-    model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3).eval()
+    model = tiny_resnet(3, blocks=1)
 
     eager_art = Artifact("pytorch", {}, {"arch": "torchvision:resnet18", "num_classes": 3}, SPEC.to_dict())
     samples = {1: preprocess(images[:1], SPEC), 4: preprocess(images[:4], SPEC)}
