@@ -2,6 +2,7 @@
 (read from the compiled model, checked against this CPU's flags), NNCF INT8 against the FP32 model,
 the artifact rebuilt in a fresh process, and a hand-off whose predict.py runs without optlib."""
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -13,6 +14,7 @@ import torch
 from optlib.backends import openvino as ovb
 from optlib.backends.artifacts import relative_to
 from optlib.backends.onnxruntime import OrtConfig
+from optlib.core import paths
 from optlib.core.env import cpu_flags
 from optlib.techniques import int8_nncf
 from optlib.techniques import int8_onnx as qo
@@ -122,3 +124,40 @@ def test_openvino_hand_off_runs_without_optlib(setup, tmp_path, monkeypatch):
     del ballast
     card = (out / "MODEL_CARD.md").read_text()
     assert "peak memory of the hand-off process (`predict.py --profile`: openvino, NumPy, Pillow)" in card
+
+
+
+# NNCF's telemetry object, made at its import, in a fresh process behind optlib's guard
+GUARDED_NNCF = """
+import json
+from pathlib import Path
+from optlib.backends.openvino import unasked_telemetry_off
+unasked_telemetry_off()
+from nncf.telemetry.wrapper import telemetry
+print(json.dumps({"consent": telemetry._impl.consent, "wrote": sorted(p.name for p in (Path.home() / "intel").glob("*"))}))
+"""
+
+
+def test_telemetry_needs_an_answer(tmp_path, monkeypatch):
+    """openvino_telemetry counts a user who never answered (no ~/intel/openvino_telemetry) as
+    consenting; behind optlib's guard that is a "no", and an answer in the consent file still
+    decides. NNCF, imported behind the guard in a fresh process, sends nothing and writes nothing."""
+    from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+
+    ovb.unasked_telemetry_off()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CI", raising=False)  # the library's own CI rule would answer first
+    checker = OptInChecker()
+    assert OptInChecker.check.__wrapped__(checker, False, True) == ConsentCheckResult.NO_FILE  # the library: "yes"
+    assert checker.check(False, True) == ConsentCheckResult.DECLINED
+    (tmp_path / "intel").mkdir()
+    for answer, result in (("1", ConsentCheckResult.ACCEPTED), ("0", ConsentCheckResult.DECLINED)):
+        (tmp_path / "intel" / "openvino_telemetry").write_text(answer)
+        assert checker.check(False, True) == result
+    home = tmp_path / "fresh"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "NNCF_DEV")}
+    p = subprocess.run([sys.executable, "-c", GUARDED_NNCF], capture_output=True, text=True, timeout=120,
+                       env={**env, "HOME": str(home)}, cwd=paths.REPO_DIR)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == {"consent": False, "wrote": []}

@@ -81,7 +81,8 @@ def test_edge_target_validates_and_runs_its_chapters_under_smoke_settings(tmp_pa
 def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
     """A ViT from a user-style module (optlib.workload.example:vit_classifier: torchvision's
     VisionTransformer wrapped as self.backbone, an MLP head ending in one logit) on small phantoms,
-    trained by 00, through every chapter at the smoke sizes: no chapter lost, no configuration
+    trained by 00, through every chapter at the smoke sizes but 04b (its studies are sized to
+    nothing here: the chapter was 10 s of kernel start): no chapter lost, no configuration
     failed but the one ONNX Runtime crashes on; pruning removes attention heads and narrows its MLPs;
     INT8 runs integer kernels; block checkpointing finds its encoder blocks inside the wrapper."""
     from optlib.results.records import load_records
@@ -101,8 +102,8 @@ def test_a_small_vision_transformer_runs_every_chapter(tmp_path, monkeypatch):
     params["comparison"].update(fresh_processes=0)
     f = tmp_path / "vit.yaml"
     f.write_text(yaml.safe_dump(params))
-    run_cli(["run", "--params", str(f)], tmp_path)
-    for nb in sorted(p.stem for p in paths.NOTEBOOKS_DIR.glob("*.ipynb")):
+    run_cli(["run", "--params", str(f), "--notebooks", "00,01,02,03,04_,05,06,07,08,99"], tmp_path)
+    for nb in sorted(p.stem for p in paths.NOTEBOOKS_DIR.glob("*.ipynb") if not p.stem.startswith("04b")):
         assert (tmp_path / "vit-smoke" / "notebooks" / f"{nb}.ipynb").is_file(), nb
     monkeypatch.setenv("OPTLIB_OUTPUT_ROOT", str(tmp_path))
     records = {r.name: r for r in load_records("vit-smoke")}

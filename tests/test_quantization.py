@@ -18,22 +18,26 @@ from optlib.core.params import from_dict
 from optlib.results.compare import budget_table
 from optlib.backends import TorchRunner, evaluate
 from optlib.backends.onnxruntime import OrtConfig, OrtRunner
+from tests.helpers import tiny_resnet
 
-# A quantized ResNet18 on the default digits must agree with FP32 on at least this share of
-# test predictions with MinMax calibration (observed: 99.5% at 32x32 after 5 epochs; an undertrained
-# 2-epoch model with small logit margins flipped 15%).
+# The trained model quantized must agree with FP32 on at least this share of the default digits'
+# test predictions with MinMax calibration (observed 2026-12-07: 99.5% at 32x32 after 5 epochs, for
+# the one-block-per-stage ResNet below as for a ResNet18; an undertrained 2-epoch ResNet18 with small
+# logit margins flipped 15%).
 MIN_TOP1_AGREEMENT = 0.95
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """ResNet18 trained on the default digits split at 32x32 (5 epochs, ~12 s), exported, pre-processed."""
+    """A ResNet with one BasicBlock per stage (12 convolutions and the fc) trained on the default
+    digits split at 32x32, exported, pre-processed: 5 epochs in 21 s to 99.5% test accuracy, where a
+    ResNet18 took 49 s to 95.5% and its calibrations twice as long (2026-12-07, 2 threads)."""
     p = from_dict({"data": {"image_size": 32, "max_test_images": 200}})
     ds = load_dataset(p)
     spec = PreprocessSpec.from_params(p.data)
     torch.set_num_threads(2)
-    model = build_model("torchvision:resnet18", 10)
-    train_classifier(model, ds, spec, epochs=5, batch_size=64, lr=0.05, seed=0, progress=False)  # ~96%
+    model = tiny_resnet(10, blocks=1)
+    train_classifier(model, ds, spec, epochs=5, batch_size=64, lr=0.05, seed=0, progress=False)
     d = tmp_path_factory.mktemp("q")
     e = ox.export_onnx(model, preprocess(ds.test.images[:2], spec), d / "m.onnx")
     pre = qo.preprocess_model(e.path, d / "m.pre.onnx")
@@ -51,7 +55,8 @@ def test_static_int8_runs_integer_kernels_and_agrees(trained):
     ranges = qo.calibrate(t["fp32"], t["calib"].numpy(), "minmax")
     q = qo.quantize_static(t["fp32"], t["dir"] / "q.onnx", ranges, qo.StaticQuantConfig())
     ev = qo.execution_evidence(q)
-    assert ev["kernels"] == "integer" and ev["integer_ops"].get("QLinearConv", 0) >= 20
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in t["model"].modules())  # 12: each one integer
+    assert ev["kernels"] == "integer" and ev["integer_ops"].get("QLinearConv", 0) == convs
     assert ev["float_compute_ops"] == {} and ev["integer_compute_share"] == 1.0
     assert ev["ops_written"].get("QuantizeLinear", 0) > 0  # QDQ as written, integer as executed
     assert qo.execution_evidence(t["fp32"])["kernels"] == "float"
@@ -141,14 +146,15 @@ def test_exclusion_list_removes_exactly_those_nodes(trained, tmp_path):
 def test_fx_ptq_and_qat_convert_to_integer_modules(trained):
     t = trained
     fx, info = qt.quantize_fx_static(t["model"], t["calib"])
-    assert info["kernels"] == "integer" and sum(info["quantized_modules"].values()) >= 20
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in t["model"].modules())
+    assert info["kernels"] == "integer" and sum(n for k, n in info["quantized_modules"].items() if "Conv" in k) == convs
     assert not info["float_modules"]
     lg = evaluate(TorchRunner(fx, t["spec"], threads=2), t["ds"].test.images)
     assert (lg.argmax(1) == t["ref"].argmax(1)).mean() >= MIN_TOP1_AGREEMENT
     small = dataclasses.replace(t["ds"], train=dataclasses.replace(t["ds"].train, images=t["ds"].train.images[:128],
                                                                     labels=t["ds"].train.labels[:128]))
     qat, qinfo = qt.qat_fx(t["model"], small, t["spec"], FineTuneRecipe(1, 0.001), progress=False)
-    assert qinfo["kernels"] == "integer" and sum(qinfo["quantized_modules"].values()) >= 20
+    assert qinfo["kernels"] == "integer" and sum(n for k, n in qinfo["quantized_modules"].items() if "Conv" in k) == convs
     assert any("QuantizedConv" in k or "ConvReLU2d" in k for k in qinfo["quantized_modules"])
     assert evaluate(TorchRunner(qat, t["spec"], threads=2), t["ds"].test.images[:8]).shape == (8, 10)
 
@@ -315,10 +321,8 @@ def test_reduce_range_where_u8s8_saturates_keeps_weights_in_7_bits(trained):
 def test_static_quantization_leaves_the_process_log_level_alone(tmp_path):
     import logging
 
-    from tests.helpers import tiny_resnet
-
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    graphs = qo.fp32_graphs(tiny_resnet(2), x[:2], tmp_path, ox.ExportConfig())
+    graphs = qo.fp32_graphs(tiny_resnet(2, blocks=1), x[:2], tmp_path, ox.ExportConfig())
     root = logging.getLogger()
     before = root.level
     root.setLevel(logging.INFO)

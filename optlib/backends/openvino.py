@@ -31,6 +31,30 @@ INTEGER_PRECISIONS = ("i8", "u8", "i4", "u4")
 REDUCED_PRECISIONS = ("bf16", "f16")
 
 
+def unasked_telemetry_off() -> None:
+    """Make OpenVINO's and NNCF's usage telemetry (openvino_telemetry: Google Analytics) need an
+    answer. As shipped, a user who never ran `opt_in_out` (no consent file in ~/intel) is counted as
+    consenting: every `ov.convert_model` and `nncf.quantize` sends events, each from a forked process
+    that waits up to 3 s for the network (24 CPU-seconds of the smoke run on 2026-12-07, on machines
+    with no route out). optlib runs offline and answers for nobody: an unanswered question counts as
+    "no"; a consent file, either way, still decides. Idempotent; call before nncf is imported (its
+    telemetry object is made at import) and before converting."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except Exception:  # not installed, or another layout: that library sends nothing through this one
+        return
+    check = OptInChecker.check
+    if getattr(check, "optlib_unasked_off", False):
+        return
+
+    def answered_only(self, *args, **kwargs):
+        result = check(self, *args, **kwargs)
+        return ConsentCheckResult.DECLINED if result == ConsentCheckResult.NO_FILE else result
+
+    answered_only.optlib_unasked_off, answered_only.__wrapped__ = True, check
+    OptInChecker.check = answered_only
+
+
 def unavailable() -> str | None:
     """None when OpenVINO imports here, else the reason (for a `skipped` record)."""
     try:
@@ -59,6 +83,7 @@ def save_ir(model, xml_path: str | Path) -> Path:
     """Write `model` (an .onnx path or an ov.Model) as IR (.xml + .bin) with FP32 weights."""
     import openvino as ov
 
+    unasked_telemetry_off()
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov_model = ov.convert_model(str(model)) if isinstance(model, (str, Path)) else model

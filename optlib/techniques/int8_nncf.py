@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.openvino import OvConfig, OvRunner, save_ir
+from ..backends.openvino import OvConfig, OvRunner, save_ir, unasked_telemetry_off
 from ..core.choices import NNCF_PRESETS, check_choice
 from ..workload.data import PreprocessSpec
 
@@ -22,6 +22,7 @@ def quantize(onnx_path: str | Path, calibration: np.ndarray, xml_path: str | Pat
              fast_bias_correction: bool = True) -> dict:
     """Quantize the FP32 ONNX graph on `calibration` (N, C, H, W float32, every image used) and
     save the INT8 IR at `xml_path` with FP32 scales; returns what was done (recorded)."""
+    unasked_telemetry_off()  # before nncf's import makes its telemetry object
     import nncf
     import openvino as ov
 

@@ -388,7 +388,8 @@ def runtime_graphs(model: nn.Module, sample: torch.Tensor, out_dir: str | Path, 
                              batch_sizes, outputs)
 
     out_dir = Path(out_dir)
-    exports, parts = export_split(model, sample, out_dir, config)
+    # named as int8_onnx.fp32_graphs names them: chapters 03 to 07 then find these in the export cache
+    exports, parts = export_split(model, sample, out_dir, config, "{part}.fp32.onnx")
     paths_ = {k: e.path for k, e in exports.items()}
     validation = validate_onnx(paths_["model"])
     checks = {"export": check(paths_["model"])}
