@@ -126,7 +126,6 @@ def test_openvino_hand_off_runs_without_optlib(setup, tmp_path, monkeypatch):
     assert "peak memory of the hand-off process (`predict.py --profile`: openvino, NumPy, Pillow)" in card
 
 
-
 # NNCF's telemetry object, made at its import, in a fresh process behind optlib's guard
 GUARDED_NNCF = """
 import json

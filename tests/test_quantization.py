@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
     pre = qo.preprocess_model(e.path, d / "m.pre.onnx")
     calib_imgs, _ = calibration_set(ds, 64, seed=0)
     return {"ds": ds, "spec": spec, "model": model, "fp32": pre, "dir": d,
+            "convs": sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()),  # 12, each one to run integer
             "calib": preprocess(calib_imgs, spec), "ref": evaluate(TorchRunner(model, spec, threads=2), ds.test.images)}
 
 
@@ -55,8 +56,7 @@ def test_static_int8_runs_integer_kernels_and_agrees(trained):
     ranges = qo.calibrate(t["fp32"], t["calib"].numpy(), "minmax")
     q = qo.quantize_static(t["fp32"], t["dir"] / "q.onnx", ranges, qo.StaticQuantConfig())
     ev = qo.execution_evidence(q)
-    convs = sum(isinstance(m, torch.nn.Conv2d) for m in t["model"].modules())  # 12: each one integer
-    assert ev["kernels"] == "integer" and ev["integer_ops"].get("QLinearConv", 0) == convs
+    assert ev["kernels"] == "integer" and ev["integer_ops"].get("QLinearConv", 0) == t["convs"]
     assert ev["float_compute_ops"] == {} and ev["integer_compute_share"] == 1.0
     assert ev["ops_written"].get("QuantizeLinear", 0) > 0  # QDQ as written, integer as executed
     assert qo.execution_evidence(t["fp32"])["kernels"] == "float"
@@ -146,15 +146,14 @@ def test_exclusion_list_removes_exactly_those_nodes(trained, tmp_path):
 def test_fx_ptq_and_qat_convert_to_integer_modules(trained):
     t = trained
     fx, info = qt.quantize_fx_static(t["model"], t["calib"])
-    convs = sum(isinstance(m, torch.nn.Conv2d) for m in t["model"].modules())
-    assert info["kernels"] == "integer" and sum(n for k, n in info["quantized_modules"].items() if "Conv" in k) == convs
+    assert info["kernels"] == "integer" and sum(n for k, n in info["quantized_modules"].items() if "Conv" in k) == t["convs"]
     assert not info["float_modules"]
     lg = evaluate(TorchRunner(fx, t["spec"], threads=2), t["ds"].test.images)
     assert (lg.argmax(1) == t["ref"].argmax(1)).mean() >= MIN_TOP1_AGREEMENT
     small = dataclasses.replace(t["ds"], train=dataclasses.replace(t["ds"].train, images=t["ds"].train.images[:128],
                                                                     labels=t["ds"].train.labels[:128]))
     qat, qinfo = qt.qat_fx(t["model"], small, t["spec"], FineTuneRecipe(1, 0.001), progress=False)
-    assert qinfo["kernels"] == "integer" and sum(n for k, n in qinfo["quantized_modules"].items() if "Conv" in k) == convs
+    assert qinfo["kernels"] == "integer" and sum(n for k, n in qinfo["quantized_modules"].items() if "Conv" in k) == t["convs"]
     assert any("QuantizedConv" in k or "ConvReLU2d" in k for k in qinfo["quantized_modules"])
     assert evaluate(TorchRunner(qat, t["spec"], threads=2), t["ds"].test.images[:8]).shape == (8, 10)
 

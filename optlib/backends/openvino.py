@@ -41,7 +41,7 @@ def unasked_telemetry_off() -> None:
     telemetry object is made at import) and before converting."""
     try:
         from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
-    except Exception:  # not installed, or another layout: that library sends nothing through this one
+    except Exception:  # not installed (nothing to turn off), or a layout this does not know
         return
     check = OptInChecker.check
     if getattr(check, "optlib_unasked_off", False):
